@@ -1,0 +1,99 @@
+"""Checkpoints: a directory that is all ``eval`` and ``infer`` need.
+
+    DIR/model.safetensors    the weights that are not loaded from elsewhere: every trainable
+                             tensor, plus whole parts built from random configs
+    DIR/config.yaml          the resolved config (tokenizer paths pointing inside DIR)
+    DIR/tokenizer/           the text tokenizer (when not the pretrained LLM's own)
+    DIR/state.json           step and metrics at save time
+
+Written to a temporary directory and renamed, so a crash never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+
+CONFIG = "config.yaml"
+WEIGHTS = "model.safetensors"
+
+
+def saved_state(model: torch.nn.Module, *, llm_pretrained: bool) -> dict[str, torch.Tensor]:
+    """Trainable tensors and buffers; the frozen base of a pretrained LLM is left to its own directory."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    state = {}
+    for name, t in model.state_dict().items():
+        frozen_llm_base = name.startswith("llm.model.") and name not in trainable
+        if llm_pretrained and frozen_llm_base:
+            continue
+        state[name] = t.detach().contiguous().cpu()
+    return state
+
+
+def save_checkpoint(model, cfg: DictConfig, out_dir: str | Path, *, state: dict | None = None) -> Path:
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    llm_pretrained = bool(OmegaConf.select(cfg, "model.llm.pretrained"))
+    tensors = saved_state(model, llm_pretrained=llm_pretrained)
+    # safetensors refuses tensors that share memory; clone the rare aliases (tied weights)
+    seen, unique = set(), {}
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr()
+        unique[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    save_file(unique, str(tmp / WEIGHTS))
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    src_tok = Path(cfg.tokenizer_dir)
+    if src_tok.is_dir():
+        shutil.copytree(src_tok, tmp / "tokenizer")
+    cfg.tokenizer_dir = "tokenizer"  # relative: resolved against the checkpoint at load time
+    OmegaConf.save(cfg, tmp / CONFIG)
+    (tmp / "state.json").write_text(json.dumps(state or {}, indent=2))
+    if out_dir.exists():
+        old = out_dir.with_name(out_dir.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out_dir)
+    return out_dir
+
+
+def load_config(ckpt_dir: str | Path) -> DictConfig:
+    ckpt_dir = Path(ckpt_dir)
+    if not (ckpt_dir / CONFIG).is_file():
+        raise FileNotFoundError(f"{ckpt_dir} is not a VisionLLM checkpoint (no {CONFIG})")
+    cfg = OmegaConf.load(ckpt_dir / CONFIG)
+    tok = Path(cfg.tokenizer_dir)
+    cfg.tokenizer_dir = str(tok if tok.is_absolute() else ckpt_dir / tok)
+    return cfg
+
+
+def load_model(ckpt_dir: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the model from a checkpoint directory; returns (model, cfg)."""
+    ckpt_dir = Path(ckpt_dir)
+    cfg = load_config(ckpt_dir)
+    model = instantiate(cfg.model)
+    weights = ckpt_dir / WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt_dir} has no {WEIGHTS}")
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"checkpoint {ckpt_dir} holds weights this model does not have: {unexpected[:5]}")
+    llm_pretrained = bool(OmegaConf.select(cfg, "model.llm.pretrained"))
+    bad = [k for k in missing if not (llm_pretrained and k.startswith("llm.model."))]
+    if bad:
+        raise ValueError(f"checkpoint {ckpt_dir} lacks weights: {bad[:5]}")
+    return model.to(device).eval(), cfg

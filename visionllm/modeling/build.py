@@ -1,0 +1,22 @@
+"""Builds a VisionLLM from built parts and plain values (what a Hydra ``model`` config names)."""
+
+from __future__ import annotations
+
+from visionllm.modeling.backbone import Backbone
+from visionllm.modeling.image_tokenizer import ImageTokenizer
+from visionllm.modeling.llm import LLM
+from visionllm.modeling.text_encoder import TextEncoder
+from visionllm.modeling.visionllm import VisionLLM
+
+
+def build_visionllm(
+    *,
+    backbone: Backbone,
+    text_encoder: TextEncoder,
+    llm: LLM,
+    image_tokenizer: dict,
+    none_weight: float = 0.1,
+    loss_weights: dict | None = None,
+) -> VisionLLM:
+    tokenizer = ImageTokenizer(backbone=backbone, text_encoder=text_encoder, **dict(image_tokenizer))
+    return VisionLLM(image_tokenizer=tokenizer, llm=llm, none_weight=none_weight, loss_weights=loss_weights)

@@ -1,0 +1,114 @@
+"""Output-format-as-query decoding (METHOD.md §5).
+
+The prefix (the instruction with the M image tokens spliced in) and all M query groups go
+through the LLM in one pass. Group i holds one query per slot of the output format
+(``<cls> <x1> <y1> ...``); a query's input is its slot token's embedding plus the image
+token v_i it answers for [ours: v_i carries both e_i and l_i, so a group is tied to its token
+even where two tokens share a location]. Each group sees the prefix and, causally, its own
+slots, never another group; every group's slot j sits at position ``len(prefix) + j``: M
+parallel continuations of one prefix. The hidden state of a query is read as its answer.
+
+Layout of one sequence (length T = Lp + M * S), right-padded prefix:
+
+    [ prefix tokens (Lp, padded) | group 0 slots (S) | group 1 slots (S) | ... ]
+"""
+
+from __future__ import annotations
+
+import torch
+
+PROMPT = "### Instruction:\n{instruction}\n### Response:\n"  # Alpaca's, so Alpaca weights feel at home
+
+
+def splice_image_tokens(
+    llm, prompts: list[str], image_tokens: torch.Tensor  # (B, M, H)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenize the prompts, put the M image tokens where ``<image>`` stands.
+
+    Returns prefix embeddings (B, Lp, H) and the valid mask (B, Lp), right-padded.
+    """
+    B, M, _ = image_tokens.shape
+    vocab = llm.vocab
+    seqs = []
+    for prompt in prompts:
+        ids = llm.tokenizer(PROMPT.format(instruction=prompt), add_special_tokens=False)["input_ids"]
+        ids = [llm.tokenizer.bos_token_id] + ids if llm.tokenizer.bos_token_id is not None else ids
+        if ids.count(vocab.image) != 1:
+            raise ValueError(f"an instruction needs exactly one <image>, got {ids.count(vocab.image)}: {prompt!r}")
+        k = ids.index(vocab.image)
+        seqs.append(ids[:k] + [vocab.image] * M + ids[k + 1 :])
+    Lp = max(len(s) for s in seqs)
+    device = image_tokens.device
+    ids = torch.full((B, Lp), llm.tokenizer.pad_token_id, dtype=torch.long, device=device)
+    valid = torch.zeros(B, Lp, dtype=torch.bool, device=device)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)] = torch.as_tensor(s, device=device)
+        valid[b, : len(s)] = True
+    embeds = llm.embed(ids)
+    is_image = ids == vocab.image  # (B, Lp), M per row
+    embeds = embeds.masked_scatter(is_image[..., None], image_tokens.to(embeds.dtype))
+    return embeds, valid
+
+
+def group_layout(prefix_valid: torch.Tensor, num_groups: int, num_slots: int, dtype: torch.dtype):
+    """4-D additive attention mask (B, 1, T, T) and position ids (B, T) of the one-pass sequence."""
+    B, Lp = prefix_valid.shape
+    G, S = num_groups, num_slots
+    T = Lp + G * S
+    device = prefix_valid.device
+    idx = torch.arange(T, device=device)
+    group = torch.where(idx < Lp, -1, (idx - Lp) // S)  # -1 = prefix
+    causal = idx[None, :] <= idx[:, None]  # (T, T) key <= query
+    same_group = (group[:, None] == group[None, :]) | (group[None, :] == -1)
+    allowed = causal & same_group  # (T, T)
+    key_valid = torch.cat([prefix_valid, prefix_valid.new_ones(B, G * S)], 1)  # (B, T)
+    allowed = allowed[None] & key_valid[:, None, :]
+    allowed = allowed | torch.eye(T, dtype=torch.bool, device=device)[None]  # padded rows see themselves
+    mask = torch.zeros(B, 1, T, T, dtype=dtype, device=device)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    lengths = prefix_valid.sum(1)  # (B,)
+    slot = torch.where(idx < Lp, idx, (idx - Lp) % S)
+    pos = torch.where(idx[None] < Lp, idx[None].expand(B, -1), lengths[:, None] + slot[None])
+    return mask, pos
+
+
+def decode_groups(
+    llm,
+    prefix_embeds: torch.Tensor,  # (B, Lp, H)
+    prefix_valid: torch.Tensor,  # (B, Lp)
+    group_inputs: torch.Tensor,  # (B, G, H) what each group answers for (v_i)
+    slot_ids: list[int],  # S structural tokens
+) -> torch.Tensor:  # (B, G, S, H) hidden state of every slot query
+    B, G, H = group_inputs.shape
+    S = len(slot_ids)
+    slots = llm.embed(torch.as_tensor(slot_ids, device=group_inputs.device))  # (S, H)
+    queries = (group_inputs[:, :, None, :] + slots[None, None]).flatten(1, 2)  # (B, G*S, H)
+    embeds = torch.cat([prefix_embeds, queries.to(prefix_embeds.dtype)], 1)
+    mask, pos = group_layout(prefix_valid, G, S, embeds.dtype)
+    hidden = llm.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+    return hidden[:, prefix_embeds.shape[1] :].view(B, G, S, H)
+
+
+@torch.no_grad()
+def decode_groups_stepwise(
+    llm,
+    prefix_embeds: torch.Tensor,  # (1, Lp, H), unpadded
+    group_inputs: torch.Tensor,  # (1, G, H)
+    slot_ids: list[int],
+) -> torch.Tensor:  # (1, G, S, H)
+    """The same answer token by token with a KV cache: prefix once, then each group's slots one
+    at a time, the cache cropped back to the prefix between groups. The baseline the one pass
+    is measured against (tools/bench_decoding.py)."""
+    out = llm.decoder(inputs_embeds=prefix_embeds, use_cache=True)
+    cache, Lp = out.past_key_values, prefix_embeds.shape[1]
+    slots = llm.embed(torch.as_tensor(slot_ids, device=group_inputs.device))
+    hs = []
+    for g in range(group_inputs.shape[1]):
+        cache.crop(Lp)
+        for j in range(len(slot_ids)):
+            x = (group_inputs[:, g] + slots[j])[:, None].to(prefix_embeds.dtype)
+            pos = torch.tensor([[Lp + j]], device=x.device)
+            step = llm.decoder(inputs_embeds=x, past_key_values=cache, position_ids=pos, use_cache=True)
+            cache = step.past_key_values
+            hs.append(step.last_hidden_state[:, 0])
+    return torch.stack(hs, 1).view(1, group_inputs.shape[1], len(slot_ids), -1)

@@ -1,0 +1,114 @@
+"""Language-guided image tokenizer (METHOD.md §3).
+
+backbone (4 scales) + BERT -> deformable encoder with text fusion -> deformable decoder with
+M learnable queries and iterative reference-point refinement -> M image tokens, each an
+embedding e_i and a location l_i (the refined reference centre, normalized to the canvas).
+Every decoder layer also predicts a class-agnostic objectness logit for the tokenizer loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visionllm.modeling.backbone import Backbone
+from visionllm.modeling.deformable import MLP, DecoderLayer, EncoderLayer, inverse_sigmoid, sine_embed
+from visionllm.modeling.text_encoder import TextEncoder
+
+
+@dataclass
+class ImageTokens:
+    embeds: torch.Tensor  # (B, M, C) e_i
+    points: torch.Tensor  # (B, M, 2) l_i, (x, y) in [0, 1]
+    layer_logits: torch.Tensor  # (D, B, M) objectness per decoder layer
+    layer_points: torch.Tensor  # (D, B, M, 2) refined centres per decoder layer
+
+
+class ImageTokenizer(nn.Module):
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        text_encoder: TextEncoder,
+        num_queries: int = 100,
+        enc_layers: int = 6,
+        dec_layers: int = 6,
+        n_heads: int = 8,
+        n_points: int = 4,
+        d_ffn: int = 1024,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.text_encoder = text_encoder
+        d = backbone.d_model  # sizes come from the built modules
+        L = backbone.num_levels
+        self.d_model, self.num_queries = d, num_queries
+        self.text_proj = nn.Linear(text_encoder.hidden_size, d)
+        self.level_embed = nn.Parameter(torch.randn(L, d) * 0.02)
+        kw = dict(d_model=d, d_ffn=d_ffn, n_levels=L, n_heads=n_heads, n_points=n_points, dropout=dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(**kw) for _ in range(enc_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(**kw) for _ in range(dec_layers))
+        self.query_embed = nn.Embedding(num_queries, 2 * d)  # (query_pos | tgt), Deformable DETR
+        self.ref_point = nn.Linear(d, 2)
+        point_head = MLP(d, d, 2, 3)
+        nn.init.zeros_(point_head.layers[-1].weight)
+        nn.init.zeros_(point_head.layers[-1].bias)
+        self.point_heads = nn.ModuleList(copy.deepcopy(point_head) for _ in range(dec_layers))
+        obj_head = nn.Linear(d, 1)
+        nn.init.constant_(obj_head.bias, -math.log((1 - 0.01) / 0.01))  # focal-loss prior
+        self.obj_heads = nn.ModuleList(copy.deepcopy(obj_head) for _ in range(dec_layers))
+
+    def _flatten(self, feats: list[torch.Tensor], pixel_mask: torch.Tensor):
+        srcs, masks, poss, refs, shapes = [], [], [], [], []
+        for lvl, f in enumerate(feats):
+            B, C, H, W = f.shape
+            m = F.interpolate(pixel_mask[None].float(), size=(H, W))[0].bool()  # (B, H, W)
+            ys = (torch.arange(H, device=f.device, dtype=f.dtype) + 0.5) / H
+            xs = (torch.arange(W, device=f.device, dtype=f.dtype) + 0.5) / W
+            grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).view(1, H * W, 2)
+            pos = sine_embed(grid, C // 2) + self.level_embed[lvl]  # (1, HW, C)
+            srcs.append(f.flatten(2).transpose(1, 2))
+            masks.append(m.flatten(1))
+            poss.append(pos.expand(B, -1, -1))
+            refs.append(grid.expand(B, -1, -1))
+            shapes.append((H, W))
+        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=feats[0].device)
+        start = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
+        cat = lambda xs: torch.cat(xs, 1)  # noqa: E731
+        return cat(srcs), cat(masks), cat(poss), cat(refs), spatial_shapes, start
+
+    def forward(
+        self,
+        images: torch.Tensor,  # (B, 3, S, S) normalized
+        pixel_mask: torch.Tensor,  # (B, S, S) True where padded
+        texts: list[str],  # B instructions
+    ) -> ImageTokens:
+        text, text_pad = self.text_encoder(texts)
+        text = self.text_proj(text)  # (B, T, C)
+        # Encoder queries sit at their own pixel centres: all levels share the square canvas.
+        src, pad, pos, enc_ref, shapes, start = self._flatten(self.backbone(images), pixel_mask)
+        for layer in self.encoder:
+            src = layer(src, pos, enc_ref, shapes, start, pad, text, text_pad)
+        memory = src
+
+        B = images.shape[0]
+        query_pos, tgt = self.query_embed.weight.split(self.d_model, dim=1)
+        query_pos = query_pos[None].expand(B, -1, -1)
+        tgt = tgt[None].expand(B, -1, -1)
+        ref = self.ref_point(query_pos).sigmoid()  # (B, M, 2)
+        logits, points = [], []
+        for layer, point_head, obj_head in zip(self.decoder, self.point_heads, self.obj_heads):
+            tgt = layer(tgt, query_pos, ref, memory, shapes, start, pad)
+            new_ref = (inverse_sigmoid(ref) + point_head(tgt)).sigmoid()
+            logits.append(obj_head(tgt).squeeze(-1))
+            points.append(new_ref)
+            ref = new_ref.detach()  # Deformable DETR: no gradient through the next layer's reference
+        return ImageTokens(
+            embeds=tgt, points=points[-1], layer_logits=torch.stack(logits), layer_points=torch.stack(points)
+        )

@@ -1,0 +1,104 @@
+"""The LLM decoder (METHOD.md §4): a LLaMA-family causal LM through ``transformers`` with
+LoRA through ``peft``, held by composition and called with ``inputs_embeds``.
+
+The VisionLLM tokens are added to the tokenizer and the embeddings resized; ``peft``'s
+``trainable_token_indices`` trains only the rows of the added tokens (in the input embedding
+and the output head), so a 7B model's 32000-row matrices are never copied.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from visionllm.vocab import Vocab, add_visionllm_tokens
+
+
+class LLM(nn.Module):
+    def __init__(
+        self,
+        *,
+        tokenizer,
+        pretrained: str | None = None,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        intermediate_size: int = 344,
+        max_positions: int = 2048,
+        lora_rank: int = 64,
+        lora_alpha: int = 128,
+        lora_dropout: float = 0.05,
+        train_base: bool = False,
+        dtype: str = "float32",
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.vocab: Vocab = add_visionllm_tokens(tokenizer)
+        torch_dtype = getattr(torch, dtype)
+        if pretrained:
+            p = Path(pretrained)
+            if not (p / "config.json").is_file():
+                raise FileNotFoundError(f"LLM directory {p} has no config.json (expected a transformers checkpoint)")
+            base = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch_dtype)
+        else:
+            cfg = LlamaConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=hidden_size,
+                intermediate_size=intermediate_size,
+                num_hidden_layers=num_layers,
+                num_attention_heads=num_heads,
+                num_key_value_heads=num_heads,
+                max_position_embeddings=max_positions,
+                pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                tie_word_embeddings=False,
+            )
+            base = LlamaForCausalLM(cfg).to(torch_dtype)
+        if base.get_input_embeddings().num_embeddings != len(tokenizer):
+            base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        if gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        new_rows = list(range(self.vocab.image, self.vocab.size))
+        lora = LoraConfig(
+            r=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            trainable_token_indices={"embed_tokens": new_rows, "lm_head": new_rows},
+        )
+        self.model = get_peft_model(base, lora)
+        if train_base:
+            # A randomly initialised LLM has nothing to preserve: train all of it.
+            for n, p in self.model.named_parameters():
+                if "lora_" not in n:
+                    p.requires_grad_(True)
+        self.hidden_size = base.config.hidden_size
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The transformer stack (LlamaModel) with LoRA in place; returns hidden states."""
+        return self.model.get_base_model().model
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    def head_weight(self) -> torch.Tensor:
+        """The output head's (V, H) weight with the trained rows of the added tokens in place."""
+        head = self.model.get_output_embeddings()
+        adapter = getattr(head, "token_adapter", None)
+        if adapter is not None and not adapter.merged and not adapter.disable_adapters:
+            return adapter.get_merged_weights(adapter.active_adapters)
+        return head.weight
+
+    def logits(self, hidden: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``hidden`` (..., H) over the whole vocabulary, or only over ``token_ids`` (K,):
+        the slots of an output format need just their allowed rows of the head."""
+        if token_ids is None:
+            return self.model.get_output_embeddings()(hidden)
+        return hidden @ self.head_weight()[token_ids].t()

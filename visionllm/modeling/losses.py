@@ -1,0 +1,122 @@
+"""Losses (METHOD.md §3, §5).
+
+- Tokenizer: Hungarian-matched, class-agnostic sigmoid focal loss (objectness) + L1 on the
+  centre point, on every decoder layer.
+- Answers: cross-entropy of each matched group's class slot (no-object, down-weighted, for the
+  rest) and of its location slots. [ours] The location target is "two-hot": the continuous bin
+  k* split between its two neighbouring bins, so neighbouring bins are not punished as hard as
+  far ones (Distribution Focal Loss, Li et al. 2020); plus L1 (and GIoU for boxes) on the
+  expected coordinates, which is also what the matcher ranks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import sigmoid_focal_loss
+
+from visionllm.box_ops import cxcywh_to_xyxy, generalized_box_iou
+from visionllm.modeling.matcher import focal_cost, hungarian
+from visionllm.vocab import LOC_HALF
+
+
+def tokenizer_loss(
+    layer_logits: torch.Tensor,  # (D, B, M)
+    layer_points: torch.Tensor,  # (D, B, M, 2)
+    centers: list[torch.Tensor],  # B x (n_b, 2) object centres, canvas-normalized
+    *,
+    w_obj: float = 2.0,
+    w_point: float = 5.0,
+) -> dict[str, torch.Tensor]:
+    D, B, M = layer_logits.shape
+    num = max(sum(len(c) for c in centers), 1)
+    obj = point = layer_logits.new_zeros(())
+    for d in range(D):
+        target = torch.zeros_like(layer_logits[d])
+        for b in range(B):
+            if len(centers[b]) == 0:
+                continue
+            cost = w_obj * focal_cost(layer_logits[d, b])[:, None] + w_point * torch.cdist(
+                layer_points[d, b], centers[b], p=1
+            )
+            i, j = hungarian(cost)
+            target[b, i] = 1.0
+            point = point + F.l1_loss(layer_points[d, b, i], centers[b][j], reduction="sum")
+        obj = obj + sigmoid_focal_loss(layer_logits[d], target, reduction="sum")
+    return {"loss_tok_obj": w_obj * obj / num / D, "loss_tok_point": w_point * point / num / D}
+
+
+def two_hot(target_bins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Continuous bins in [-512, 512] -> (lower index, upper index, weight of upper); indices 0..1024."""
+    t = target_bins.clamp(-LOC_HALF, LOC_HALF) + LOC_HALF
+    lo = t.floor().clamp(max=2 * LOC_HALF - 1)
+    w_hi = t - lo
+    return lo.long(), lo.long() + 1, w_hi
+
+
+def location_ce(logits: torch.Tensor, target_offsets: torch.Tensor) -> torch.Tensor:
+    """logits (n, C, 1025) over location tokens; target offsets (n, C) in [-1, 1] -> summed loss."""
+    logp = logits.log_softmax(-1)
+    lo, hi, w_hi = two_hot(target_offsets * LOC_HALF)
+    nll = -(1 - w_hi) * logp.gather(-1, lo[..., None]).squeeze(-1) - w_hi * logp.gather(-1, hi[..., None]).squeeze(-1)
+    return nll.sum()
+
+
+def expected_offsets(loc_logits: torch.Tensor) -> torch.Tensor:
+    """(..., 1025) logits -> (...) expected offset in [-1, 1]."""
+    bins = torch.arange(-LOC_HALF, LOC_HALF + 1, device=loc_logits.device, dtype=loc_logits.dtype) / LOC_HALF
+    return loc_logits.softmax(-1) @ bins
+
+
+def answer_loss(
+    cls_logits: torch.Tensor,  # (M, K+1): K instruction classes, then no-object
+    loc_logits: torch.Tensor,  # (M, 2N, 1025)
+    anchors: torch.Tensor,  # (M, 2) l_i
+    labels: torch.Tensor,  # (n,) class index in 0..K-1
+    coords: torch.Tensor,  # (n, 2N) canvas-normalized, interleaved x, y
+    *,
+    is_box: bool,
+    none_weight: float = 0.1,
+    w_cls: float = 2.0,
+    w_ce: float = 1.0,
+    w_l1: float = 5.0,
+    w_giou: float = 2.0,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """One image's answer loss, summed over objects (the caller normalizes by the object count)."""
+    M, K1 = cls_logits.shape
+    n_coord = loc_logits.shape[1]
+    pred = anchors.repeat(1, n_coord // 2) + expected_offsets(loc_logits)  # (M, 2N)
+    cls_logp = cls_logits.log_softmax(-1)
+    weights = torch.full((K1,), 1.0, device=cls_logits.device)
+    weights[-1] = none_weight
+    target = torch.full((M,), K1 - 1, dtype=torch.long, device=cls_logits.device)
+    out = {}
+    if len(labels):
+        cost = -w_cls * cls_logp[:, labels].exp() + w_l1 * torch.cdist(pred, coords, p=1)
+        if is_box:
+            cost = cost - w_giou * generalized_box_iou(_safe_box(pred), coords)
+        i, j = hungarian(cost)
+        target[i] = labels[j]
+        offsets = coords[j] - anchors[i].repeat(1, n_coord // 2)
+        out["loss_loc_ce"] = w_ce * location_ce(loc_logits[i], offsets)
+        out["loss_loc_l1"] = w_l1 * F.l1_loss(pred[i], coords[j], reduction="sum")
+        if is_box:
+            giou = generalized_box_iou(_safe_box(pred[i]), coords[j]).diagonal()
+            out["loss_loc_giou"] = w_giou * (1 - giou).sum()
+    # Class CE summed, scaled so the no-object groups weigh like DETR's eos_coef.
+    ce = F.nll_loss(cls_logp, target, weight=weights, reduction="sum") / weights[target].sum().clamp(min=1)
+    out["loss_cls"] = w_cls * ce * max(len(labels), 1)
+    return out, len(labels)
+
+
+def _safe_box(b: torch.Tensor) -> torch.Tensor:
+    """x1y1x2y2 that may be inverted while untrained -> a valid box for GIoU."""
+    x1, y1, x2, y2 = b.unbind(-1)
+    return torch.stack([torch.minimum(x1, x2), torch.minimum(y1, y2), torch.maximum(x1, x2), torch.maximum(y1, y2)], -1)
+
+
+def centers_of(boxes_xyxy: torch.Tensor) -> torch.Tensor:
+    return (boxes_xyxy[:, :2] + boxes_xyxy[:, 2:]) / 2
+
+
+__all__ = ["tokenizer_loss", "answer_loss", "expected_offsets", "centers_of", "cxcywh_to_xyxy"]

@@ -1,0 +1,140 @@
+"""VisionLLM (METHOD.md §1): the language-guided image tokenizer feeds M image tokens into a
+LoRA-tuned LLM, which answers structured requests by output-format-as-query decoding and
+text requests by ordinary generation.
+
+``forward(batch) -> losses`` trains; ``predict(batch) -> answers`` infers. A batch is what
+``visionllm.data.transforms.collate`` makes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from visionllm.modeling.decoding import decode_groups, splice_image_tokens
+from visionllm.modeling.deformable import MLP, sine_embed
+from visionllm.modeling.image_tokenizer import ImageTokenizer
+from visionllm.modeling.llm import LLM
+from visionllm.modeling.losses import answer_loss, tokenizer_loss
+from visionllm.vocab import LOC_HALF
+
+
+class VisionLLM(nn.Module):
+    def __init__(
+        self,
+        *,
+        image_tokenizer: ImageTokenizer,
+        llm: LLM,
+        none_weight: float = 0.1,
+        loss_weights: dict[str, float] | None = None,
+    ):
+        super().__init__()
+        self.image_tokenizer = image_tokenizer
+        self.llm = llm
+        d, H = image_tokenizer.d_model, llm.hidden_size
+        # v_i = Linear(e_i) + MLP(sine(l_i))  [ours]
+        self.token_proj = nn.Linear(d, H)
+        self.loc_embed = MLP(d, H, H, 2)
+        self.none_weight = none_weight
+        self.loss_weights = dict(loss_weights or {})
+
+    @property
+    def num_queries(self) -> int:
+        return self.image_tokenizer.num_queries
+
+    def _image_tokens(self, batch: dict):
+        toks = self.image_tokenizer(batch["images"], batch["pixel_mask"], batch["instructions"])
+        anchors = toks.points.detach()  # answers are offsets from l_i; l_i itself is trained by its own loss
+        v = self.token_proj(toks.embeds) + self.loc_embed(sine_embed(anchors, self.image_tokenizer.d_model // 2))
+        return toks, anchors, v
+
+    def _structured_groups(self, requests) -> dict[int, list[int]]:
+        by_points = defaultdict(list)
+        for b, r in enumerate(requests):
+            if r.structured:
+                by_points[r.num_points].append(b)
+        return by_points
+
+    def _slot_logits(self, prefix, valid, v, idx, num_points, requests):
+        """Class-slot logits (b, M, Kmax+1) with absent classes at -inf, location logits (b, M, 2N, 1025)."""
+        vocab = self.llm.vocab
+        Lp = int(valid[idx].sum(1).max())
+        hidden = decode_groups(self.llm, prefix[idx, :Lp], valid[idx, :Lp], v[idx], vocab.slot_ids(num_points))
+        kmax = max(len(requests[b].classes) for b in idx)
+        cls_ids = torch.tensor([vocab.class_id(k) for k in range(kmax)] + [vocab.none], device=v.device)
+        cls_logits = self.llm.logits(hidden[:, :, 0], cls_ids)  # (b, M, Kmax+1)
+        for row, b in enumerate(idx):
+            cls_logits[row, :, len(requests[b].classes) : kmax] = float("-inf")
+        loc_ids = torch.arange(vocab.loc0, vocab.loc0 + 2 * LOC_HALF + 1, device=v.device)
+        loc_logits = self.llm.logits(hidden[:, :, 1:], loc_ids)  # (b, M, 2N, 1025)
+        return cls_logits, loc_logits
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        requests, targets = batch["requests"], batch["targets"]
+        toks, anchors, v = self._image_tokens(batch)
+        losses = tokenizer_loss(toks.layer_logits, toks.layer_points, [t["centers"].to(v.device) for t in targets])
+        prefix, valid = splice_image_tokens(self.llm, batch["instructions"], v)
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: v.new_zeros(()))
+        num_objects = 0
+        for n_pts, idx in self._structured_groups(requests).items():
+            cls_logits, loc_logits = self._slot_logits(prefix, valid, v, idx, n_pts, requests)
+            for row, b in enumerate(idx):
+                K = len(requests[b].classes)
+                keep = torch.cat([torch.arange(K), torch.tensor([cls_logits.shape[-1] - 1])]).to(v.device)
+                t = targets[b]
+                parts, n = answer_loss(
+                    cls_logits[row][:, keep],
+                    loc_logits[row],
+                    anchors[b],
+                    t["labels"].to(v.device),
+                    t["coords"].to(v.device),
+                    is_box=n_pts == 2,
+                    none_weight=self.none_weight,
+                )
+                num_objects += n
+                for k, val in parts.items():
+                    sums[k] = sums[k] + val
+        for k, val in sums.items():
+            losses[k] = val / max(num_objects, 1)
+        for k in list(losses):
+            losses[k] = losses[k] * self.loss_weights.get(k, 1.0)
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    @torch.no_grad()
+    def predict(self, batch: dict, *, max_new_tokens: int = 64) -> list[dict]:
+        """Per sample: structured -> {"labels" (M,), "scores" (M,), "points" (M, N, 2) canvas-normalized};
+        text -> {"text": str}."""
+        requests = batch["requests"]
+        toks, anchors, v = self._image_tokens(batch)
+        prefix, valid = splice_image_tokens(self.llm, batch["instructions"], v)
+        out: list[dict] = [{} for _ in requests]
+        for n_pts, idx in self._structured_groups(requests).items():
+            cls_logits, loc_logits = self._slot_logits(prefix, valid, v, idx, n_pts, requests)
+            probs = cls_logits.softmax(-1)[..., :-1]  # drop no-object
+            scores, labels = probs.max(-1)  # (b, M)
+            offsets = (loc_logits.argmax(-1) - LOC_HALF).float() / LOC_HALF  # (b, M, 2N)
+            for row, b in enumerate(idx):
+                pts = anchors[b].repeat(1, n_pts) + offsets[row]
+                out[b] = {"labels": labels[row], "scores": scores[row], "points": pts.view(-1, n_pts, 2)}
+        for b, r in enumerate(requests):
+            if not r.structured:
+                out[b] = {"text": self.generate_text(prefix[b : b + 1, : int(valid[b].sum())], max_new_tokens)}
+        return out
+
+    def generate_text(self, prefix: torch.Tensor, max_new_tokens: int) -> str:
+        """Token-by-token text with the KV cache (``generate``), for captions and answers."""
+        tok = self.llm.tokenizer
+        bos = self.llm.embed(torch.tensor([[self.llm.vocab.bos]], device=prefix.device))
+        embeds = torch.cat([prefix, bos], 1)
+        ids = self.llm.model.generate(
+            inputs_embeds=embeds,
+            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=prefix.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        return tok.decode(ids[0], skip_special_tokens=True).strip()
