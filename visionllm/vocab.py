@@ -79,7 +79,7 @@ class Vocab:
     size: int  # full vocabulary size, base + added
 
     @classmethod
-    def from_tokenizer(cls, tokenizer) -> "Vocab":
+    def from_tokenizer(cls, tokenizer) -> Vocab:
         ids = tokenizer.convert_tokens_to_ids(added_tokens())
         unk = tokenizer.unk_token_id
         if any(i is None or (unk is not None and i == unk) for i in ids):

@@ -166,7 +166,7 @@ def train(cfg: DictConfig) -> dict:
             if step % tc.log_every == 0 or step == tc.max_steps:
                 rate = seen / (time.time() - t0)
                 rec = {"step": step, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm), "samples_per_s": rate}
-                rec.update({k: round(float(v), 4) for k, v in losses.items()})
+                rec.update({k: round(v.item(), 4) for k, v in losses.items()})
                 history.append(rec)
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{rec['lr']:.1e}", sps=f"{rate:.1f}")
             if step % tc.eval_every == 0 or step == tc.max_steps:

@@ -22,10 +22,11 @@ PROMPT = "### Instruction:\n{instruction}\n### Response:\n"  # Alpaca's, so Alpa
 
 def splice_image_tokens(
     llm, prompts: list[str], image_tokens: torch.Tensor  # (B, M, H)
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tokenize the prompts, put the M image tokens where ``<image>`` stands.
 
-    Returns prefix embeddings (B, Lp, H) and the valid mask (B, Lp), right-padded.
+    Returns prefix embeddings (B, Lp, H), the valid mask (B, Lp) and the token ids (B, Lp),
+    right-padded.
     """
     B, M, _ = image_tokens.shape
     vocab = llm.vocab
@@ -47,7 +48,7 @@ def splice_image_tokens(
     embeds = llm.embed(ids)
     is_image = ids == vocab.image  # (B, Lp), M per row
     embeds = embeds.masked_scatter(is_image[..., None], image_tokens.to(embeds.dtype))
-    return embeds, valid
+    return embeds, valid, ids
 
 
 def group_layout(prefix_valid: torch.Tensor, num_groups: int, num_slots: int, dtype: torch.dtype):
@@ -78,7 +79,7 @@ def decode_groups(
     prefix_valid: torch.Tensor,  # (B, Lp)
     group_inputs: torch.Tensor,  # (B, G, H) what each group answers for (v_i)
     slot_ids: list[int],  # S structural tokens
-) -> torch.Tensor:  # (B, G, S, H) hidden state of every slot query
+) -> tuple[torch.Tensor, torch.Tensor]:  # slot queries (B, G, S, H), prefix (B, Lp, H)
     B, G, H = group_inputs.shape
     S = len(slot_ids)
     slots = llm.embed(torch.as_tensor(slot_ids, device=group_inputs.device))  # (S, H)
@@ -86,7 +87,8 @@ def decode_groups(
     embeds = torch.cat([prefix_embeds, queries.to(prefix_embeds.dtype)], 1)
     mask, pos = group_layout(prefix_valid, G, S, embeds.dtype)
     hidden = llm.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
-    return hidden[:, prefix_embeds.shape[1] :].view(B, G, S, H)
+    Lp = prefix_embeds.shape[1]
+    return hidden[:, Lp:].view(B, G, S, H), hidden[:, :Lp]
 
 
 @torch.no_grad()
@@ -104,7 +106,9 @@ def decode_groups_stepwise(
     slots = llm.embed(torch.as_tensor(slot_ids, device=group_inputs.device))
     hs = []
     for g in range(group_inputs.shape[1]):
-        cache.crop(Lp)
+        extra = cache.get_seq_length() - Lp
+        if extra:
+            cache.crop(-extra)  # back to the prefix
         for j in range(len(slot_ids)):
             x = (group_inputs[:, g] + slots[j])[:, None].to(prefix_embeds.dtype)
             pos = torch.tensor([[Lp + j]], device=x.device)

@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionllm.modeling.backbone import Backbone
-from visionllm.modeling.deformable import MLP, DecoderLayer, EncoderLayer, inverse_sigmoid, sine_embed
+from visionllm.modeling.deformable import (
+    MLP,
+    DecoderLayer,
+    EncoderLayer,
+    inverse_sigmoid,
+    sine_embed,
+)
 from visionllm.modeling.text_encoder import TextEncoder
 
 
@@ -80,7 +86,7 @@ class ImageTokenizer(nn.Module):
             shapes.append((H, W))
         spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=feats[0].device)
         start = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
-        cat = lambda xs: torch.cat(xs, 1)  # noqa: E731
+        cat = lambda xs: torch.cat(xs, 1)
         return cat(srcs), cat(masks), cat(poss), cat(refs), spatial_shapes, start
 
     def forward(

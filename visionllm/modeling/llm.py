@@ -8,6 +8,7 @@ and the output head), so a 7B model's 32000-row matrices are never copied.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -15,7 +16,36 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from visionllm.vocab import Vocab, add_visionllm_tokens
+from visionllm.vocab import LOC_HALF, NUM_CLASS_TOKENS, Vocab, add_visionllm_tokens
+
+
+@torch.no_grad()
+def init_added_rows(base, vocab: Vocab) -> None:
+    """[ours] Give the new rows structure instead of noise, in the input embedding and the head:
+
+    - location tokens get Fourier features of their offset k/512, so neighbouring bins start
+      with neighbouring embeddings and a head row's logit varies smoothly with k: a peak at one
+      bin is a phase the hidden state can point at, and what is learnt for one bin carries to
+      its neighbours (1,025 bins would otherwise be 1,025 unrelated classes);
+    - a class token's head row starts equal to its input row, so copying the embedding of the
+      ``<ck>`` named in the instruction already scores ``<ck>`` highest.
+    Rows keep the scale of the existing embeddings.
+    """
+    emb = base.get_input_embeddings().weight
+    head = base.get_output_embeddings().weight
+    H = emb.shape[1]
+    old = emb[: vocab.image].float()
+    scale = old.std().item() if old.numel() > 1 else 0.02
+    k = torch.arange(-LOC_HALF, LOC_HALF + 1, dtype=torch.float32)[:, None] / LOC_HALF  # (1025, 1)
+    freqs = torch.logspace(0, math.log10(LOC_HALF), H // 2)[None] * math.pi  # (1, H/2)
+    fourier = torch.cat([torch.sin(k * freqs), torch.cos(k * freqs)], 1)  # (1025, H - H%2)
+    loc = torch.zeros(2 * LOC_HALF + 1, H)
+    loc[:, : fourier.shape[1]] = fourier * scale * math.sqrt(2)  # unit-variance features at row scale
+    loc_rows = slice(vocab.loc0, vocab.loc0 + 2 * LOC_HALF + 1)
+    emb[loc_rows] = loc.to(emb)
+    head[loc_rows] = loc.to(head)
+    cls_rows = slice(vocab.class0, vocab.class0 + NUM_CLASS_TOKENS)
+    head[cls_rows] = emb[cls_rows].to(head)
 
 
 class LLM(nn.Module):
@@ -62,6 +92,7 @@ class LLM(nn.Module):
             base = LlamaForCausalLM(cfg).to(torch_dtype)
         if base.get_input_embeddings().num_embeddings != len(tokenizer):
             base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        init_added_rows(base, self.vocab)
         if gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         new_rows = list(range(self.vocab.image, self.vocab.size))

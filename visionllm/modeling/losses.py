@@ -119,4 +119,4 @@ def centers_of(boxes_xyxy: torch.Tensor) -> torch.Tensor:
     return (boxes_xyxy[:, :2] + boxes_xyxy[:, 2:]) / 2
 
 
-__all__ = ["tokenizer_loss", "answer_loss", "expected_offsets", "centers_of", "cxcywh_to_xyxy"]
+__all__ = ["answer_loss", "centers_of", "cxcywh_to_xyxy", "expected_offsets", "tokenizer_loss"]

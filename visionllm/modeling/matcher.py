@@ -20,7 +20,7 @@ def hungarian(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not torch.isfinite(c).all():
         c = torch.nan_to_num(c, nan=1e6, posinf=1e6, neginf=-1e6)
     rows, cols = linear_sum_assignment(c.numpy())
-    as_t = lambda x: torch.as_tensor(x, dtype=torch.long, device=cost.device)  # noqa: E731
+    as_t = lambda x: torch.as_tensor(x, dtype=torch.long, device=cost.device)
     return as_t(rows), as_t(cols)
 
 

@@ -37,6 +37,9 @@ class VisionLLM(nn.Module):
         # v_i = Linear(e_i) + MLP(sine(l_i))  [ours]
         self.token_proj = nn.Linear(d, H)
         self.loc_embed = MLP(d, H, H, 2)
+        # [ours] class-slot logits also score the instruction's own <ck> in context (zero at init)
+        self.class_pointer = nn.Linear(H, H, bias=False)
+        nn.init.zeros_(self.class_pointer.weight)
         self.none_weight = none_weight
         self.loss_weights = dict(loss_weights or {})
 
@@ -57,14 +60,24 @@ class VisionLLM(nn.Module):
                 by_points[r.num_points].append(b)
         return by_points
 
-    def _slot_logits(self, prefix, valid, v, idx, num_points, requests):
-        """Class-slot logits (b, M, Kmax+1) with absent classes at -inf, location logits (b, M, 2N, 1025)."""
+    def _slot_logits(self, prefix, valid, ids, v, idx, num_points, requests):
+        """Class-slot logits (b, M, Kmax+1) with absent classes at -inf, location logits (b, M, 2N, 1025).
+
+        A class slot's logit for <ck> is the head row of <ck> plus a pointer term: the slot's
+        hidden state against the LLM's hidden state at the <ck> of this instruction, which has
+        read the name written before it. A pretrained LLM binds names to tokens in context by
+        itself; a tiny random one learns it far faster with the pointer [ours, docs/design.md].
+        """
         vocab = self.llm.vocab
         Lp = int(valid[idx].sum(1).max())
-        hidden = decode_groups(self.llm, prefix[idx, :Lp], valid[idx, :Lp], v[idx], vocab.slot_ids(num_points))
+        hidden, prefix_hidden = decode_groups(self.llm, prefix[idx, :Lp], valid[idx, :Lp], v[idx], vocab.slot_ids(num_points))
         kmax = max(len(requests[b].classes) for b in idx)
         cls_ids = torch.tensor([vocab.class_id(k) for k in range(kmax)] + [vocab.none], device=v.device)
         cls_logits = self.llm.logits(hidden[:, :, 0], cls_ids)  # (b, M, Kmax+1)
+        positions = (ids[idx, :Lp, None] == cls_ids[None, None, :kmax]).float().argmax(1)  # (b, Kmax)
+        ctx = prefix_hidden.gather(1, positions[..., None].expand(-1, -1, prefix_hidden.shape[-1]))  # (b, Kmax, H)
+        pointer = torch.einsum("bmh,bkh->bmk", hidden[:, :, 0], self.class_pointer(ctx))
+        cls_logits = torch.cat([cls_logits[..., :kmax] + pointer, cls_logits[..., kmax:]], -1)
         for row, b in enumerate(idx):
             cls_logits[row, :, len(requests[b].classes) : kmax] = float("-inf")
         loc_ids = torch.arange(vocab.loc0, vocab.loc0 + 2 * LOC_HALF + 1, device=v.device)
@@ -74,12 +87,19 @@ class VisionLLM(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         requests, targets = batch["requests"], batch["targets"]
         toks, anchors, v = self._image_tokens(batch)
-        losses = tokenizer_loss(toks.layer_logits, toks.layer_points, [t["centers"].to(v.device) for t in targets])
-        prefix, valid = splice_image_tokens(self.llm, batch["instructions"], v)
+        # the tokenizer learns from samples that name their objects (not from captions or answers)
+        rows = [b for b, t in enumerate(targets) if t.get("centers") is not None]
+        if rows:
+            losses = tokenizer_loss(
+                toks.layer_logits[:, rows], toks.layer_points[:, rows], [targets[b]["centers"].to(v.device) for b in rows]
+            )
+        else:
+            losses = {}
+        prefix, valid, ids = splice_image_tokens(self.llm, batch["instructions"], v)
         sums: dict[str, torch.Tensor] = defaultdict(lambda: v.new_zeros(()))
         num_objects = 0
         for n_pts, idx in self._structured_groups(requests).items():
-            cls_logits, loc_logits = self._slot_logits(prefix, valid, v, idx, n_pts, requests)
+            cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, idx, n_pts, requests)
             for row, b in enumerate(idx):
                 K = len(requests[b].classes)
                 keep = torch.cat([torch.arange(K), torch.tensor([cls_logits.shape[-1] - 1])]).to(v.device)
@@ -98,10 +118,35 @@ class VisionLLM(nn.Module):
                     sums[k] = sums[k] + val
         for k, val in sums.items():
             losses[k] = val / max(num_objects, 1)
+        text_rows = [b for b, r in enumerate(requests) if not r.structured]
+        if text_rows:
+            losses["loss_text"] = self._text_loss(prefix, valid, text_rows, [targets[b]["text"] for b in text_rows])
         for k in list(losses):
             losses[k] = losses[k] * self.loss_weights.get(k, 1.0)
         losses["loss"] = sum(losses.values())
         return losses
+
+    def _text_loss(self, prefix, valid, rows: list[int], answers: list[str]) -> torch.Tensor:
+        """Next-token cross-entropy on the answer after the <bos> query (and on its end token)."""
+        tok, vocab = self.llm.tokenizer, self.llm.vocab
+        seqs, label_rows = [], []
+        for b, text in zip(rows, answers):
+            ans = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            n = int(valid[b].sum())
+            emb = torch.cat([prefix[b, :n], self.llm.embed(torch.tensor([vocab.bos] + ans[:-1], device=prefix.device))])
+            seqs.append(emb)
+            label_rows.append((n, ans))  # the <bos> query at position n predicts ans[0]
+        L = max(s.shape[0] for s in seqs)
+        H = prefix.shape[-1]
+        embeds = prefix.new_zeros(len(seqs), L, H)
+        mask = torch.zeros(len(seqs), L, dtype=torch.long, device=prefix.device)
+        for i, s in enumerate(seqs):
+            embeds[i, : s.shape[0]] = s
+            mask[i, : s.shape[0]] = 1
+        hidden = self.llm.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        picked = torch.cat([hidden[i, n : n + len(ans)] for i, (n, ans) in enumerate(label_rows)])
+        labels = torch.tensor([t for _, ans in label_rows for t in ans], device=prefix.device)
+        return torch.nn.functional.cross_entropy(self.llm.logits(picked), labels)
 
     @torch.no_grad()
     def predict(self, batch: dict, *, max_new_tokens: int = 64) -> list[dict]:
@@ -109,10 +154,10 @@ class VisionLLM(nn.Module):
         text -> {"text": str}."""
         requests = batch["requests"]
         toks, anchors, v = self._image_tokens(batch)
-        prefix, valid = splice_image_tokens(self.llm, batch["instructions"], v)
+        prefix, valid, ids = splice_image_tokens(self.llm, batch["instructions"], v)
         out: list[dict] = [{} for _ in requests]
         for n_pts, idx in self._structured_groups(requests).items():
-            cls_logits, loc_logits = self._slot_logits(prefix, valid, v, idx, n_pts, requests)
+            cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, idx, n_pts, requests)
             probs = cls_logits.softmax(-1)[..., :-1]  # drop no-object
             scores, labels = probs.max(-1)  # (b, M)
             offsets = (loc_logits.argmax(-1) - LOC_HALF).float() / LOC_HALF  # (b, M, 2N)

@@ -18,7 +18,7 @@ DEFAULT_RANGE = 1024
 _CLASS_ITEM = re.compile(r"""(['"])(.*?)\1\s*:\s*<c(\d+)>""")
 _FORMAT = re.compile(r"\(\s*c\s*,((?:\s*[xy]\d+\s*,?)+)\)")
 _FORMAT_ELLIPSIS = re.compile(r"\(\s*c\s*,\s*x1\s*,\s*y1\s*,\s*(?:\.\.\.|…)\s*,\s*x(\d+)\s*,\s*y(\d+)\s*\)")
-_RANGE = re.compile(r"(?:from|between|range(?:\s+of)?|in)\s*\[?\s*0\s*(?:to|and|-|–|\.\.|,)\s*(\d+)", re.I)
+_RANGE = re.compile(r"(?:from|between|range(?:\s+of)?|in)\s*\[?\s*0\s*(?:to|and|-|–|\.\.|,)\s*(\d+)", re.IGNORECASE)
 
 
 class InstructionError(ValueError):

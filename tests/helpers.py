@@ -1,0 +1,40 @@
+"""Helpers shared by the model tests: compose the real Hydra config with tiny sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+# The smallest model that still has every part: 1+2 deformable layers, 1 LLM layer.
+TINY = [
+    "model.backbone.d_model=32",
+    "model.image_tokenizer.num_queries=8",
+    "model.image_tokenizer.enc_layers=1",
+    "model.image_tokenizer.dec_layers=2",
+    "model.image_tokenizer.d_ffn=64",
+    "model.text_encoder.hidden_size=32",
+    "model.text_encoder.num_layers=1",
+    "model.llm.hidden_size=64",
+    "model.llm.num_layers=1",
+    "model.llm.intermediate_size=128",
+    "model.llm.lora_rank=4",
+    "data.image_size=64",
+    "tokenizer_vocab_size=400",
+]
+
+
+def compose_cfg(config_name: str = "train", overrides: list[str] | None = None):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides or [])
+
+
+def tiny_train_cfg(data_root: Path, out: Path, extra: list[str] | None = None):
+    return compose_cfg(
+        "train",
+        ["experiment=shapes_tiny", f"data.root={data_root}", f"output_dir={out}", "trainer.batch_size=2",
+         "trainer.num_workers=0", "trainer.log_every=1", "trainer.warmup_steps=2", "trainer.eval_max_images=4",
+         "trainer.eval_batch_size=4"] + TINY + (extra or []),
+    )

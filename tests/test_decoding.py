@@ -1,0 +1,64 @@
+"""The one-pass group decoder against each group decoded alone, as its own sequence."""
+
+import pytest
+import torch
+
+from visionllm.modeling.decoding import decode_groups, decode_groups_stepwise, splice_image_tokens
+from visionllm.modeling.llm import LLM
+from visionllm.tasks import detection
+from visionllm.text_tokenizer import load_tokenizer, train_text_tokenizer
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tok")
+    train_text_tokenizer([detection.make_instruction(["circle", "star"], template=t) for t in detection.TEMPLATES], d, vocab_size=400)
+    torch.manual_seed(0)
+    return LLM(tokenizer=load_tokenizer(d), hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, lora_rank=4).eval()
+
+
+def _alone(llm, instruction, image_tokens, g, slots):
+    """Group g as a plain causal sequence: prefix then its slots, nothing else."""
+    prefix, _, _ = splice_image_tokens(llm, [instruction], image_tokens)
+    q = (image_tokens[:, g, None] + llm.embed(torch.tensor(slots))[None])
+    h = llm.decoder(inputs_embeds=torch.cat([prefix, q], 1)).last_hidden_state
+    return h[:, prefix.shape[1]:]
+
+
+@torch.no_grad()
+def test_one_pass_equals_each_group_alone(llm):
+    G = 5
+    slots = llm.vocab.slot_ids(2)
+    instr = [detection.make_instruction(["circle", "star"], template=detection.TEMPLATES[0]),
+             detection.make_instruction(["star"], template=detection.TEMPLATES[3])]  # different lengths: padding
+    image_tokens = torch.randn(2, G, 64)
+    prefix, valid, _ = splice_image_tokens(llm, instr, image_tokens)
+    assert valid[0].sum() != valid[1].sum()
+    hidden, _ = decode_groups(llm, prefix, valid, image_tokens, slots)  # (2, G, S, H)
+    head_ids = torch.arange(llm.vocab.loc0, llm.vocab.loc0 + 1025)
+    for b in range(2):
+        for g in range(G):
+            alone = _alone(llm, instr[b], image_tokens[b : b + 1], g, slots)[0]
+            torch.testing.assert_close(hidden[b, g], alone, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(llm.logits(hidden[b, g], head_ids), llm.logits(alone, head_ids), atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_stepwise_with_cache_agrees(llm):
+    slots = llm.vocab.slot_ids(2)
+    image_tokens = torch.randn(1, 4, 64)
+    prefix, valid, _ = splice_image_tokens(llm, [detection.make_instruction(["circle"])], image_tokens)
+    one, _ = decode_groups(llm, prefix, valid, image_tokens, slots)
+    step = decode_groups_stepwise(llm, prefix, image_tokens, slots)
+    torch.testing.assert_close(one, step, atol=1e-5, rtol=1e-5)
+
+
+def test_restricted_logits_match_full_head(llm):
+    h = torch.randn(3, 64)
+    ids = torch.tensor([3, llm.vocab.image, llm.vocab.class_id(2), llm.vocab.loc_id(0)])
+    torch.testing.assert_close(llm.logits(h)[:, ids], llm.logits(h, ids))
+
+
+def test_image_placeholder_required(llm):
+    with pytest.raises(ValueError, match="<image>"):
+        splice_image_tokens(llm, ["no placeholder here"], torch.randn(1, 2, 64))

@@ -1,0 +1,135 @@
+"""A few real training steps, a checkpoint, COCO evaluation and the user's commands."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_train_cfg
+from PIL import Image
+
+from visionllm.api import VisionLLM
+from visionllm.engine.checkpoint import load_model
+from visionllm.engine.train import train
+from visionllm.evaluation.detection import evaluate_detection
+
+ROOT = Path(__file__).resolve().parents[1]
+QUERY = ("Find every object of {'circle': <c0>, 'star': <c1>, 'what is the odd one out?': <c2>} in <image>, "
+         "each as (c, x1, y1, x2, y2) with coordinates from 0 to 1024.")
+
+
+@pytest.fixture(scope="module")
+def trained(shapes_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = tiny_train_cfg(shapes_root, out, ["trainer.max_steps=4", "trainer.eval_every=4", "trainer.checkpoint_every=4"])
+    metrics = train(cfg)
+    return out, metrics
+
+
+def test_training_writes_everything(trained):
+    out, metrics = trained
+    assert {"bbox_AP", "bbox_AP50"} <= set(metrics)
+    for f in ["checkpoint/model.safetensors", "checkpoint/config.yaml", "checkpoint/tokenizer/tokenizer.json",
+              "metrics.json", "history.json", "config.yaml"]:
+        assert (out / f).exists(), f
+    hist = json.loads((out / "history.json").read_text())
+    losses = [h["loss"] for h in hist if "loss" in h]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+
+
+def test_training_steps_change_weights_and_lower_loss(shapes_root, tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_train_cfg(shapes_root, tmp_path, ["trainer.max_steps=1"])
+    from hydra.utils import instantiate
+
+    from visionllm.data.datasets import DetectionTrainSet
+    from visionllm.data.transforms import collate
+    from visionllm.engine.train import absolutize, prepare_tokenizer
+
+    absolutize(cfg)
+    reader = instantiate(cfg.data.train.detection)
+    prepare_tokenizer(cfg, [c["name"] for c in reader.categories])
+    model = instantiate(cfg.model)
+    ds = DetectionTrainSet(reader=reader, image_size=64, max_classes=8, flip=False)
+    batch = collate([ds[i] for i in range(4)])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    before = model(batch)["loss"].item()
+    for _ in range(15):  # one fixed batch: the loss must fall
+        loss = model(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert model(batch)["loss"].item() < before
+
+
+def test_checkpoint_round_trip_predicts_the_same(trained, shapes_root):
+    out, _ = trained
+    model, cfg = load_model(out / "checkpoint")
+    from hydra.utils import instantiate
+
+    cfg.data.root = str(shapes_root)
+    reader = instantiate(cfg.data.val.detection)
+    m1, res1, table = evaluate_detection(model, reader, image_size=cfg.data.image_size, chunk=8, batch_size=4, max_images=3, progress=False)
+    model2, _ = load_model(out / "checkpoint")
+    m2, res2, _ = evaluate_detection(model2, reader, image_size=cfg.data.image_size, chunk=8, batch_size=4, max_images=3, progress=False)
+    assert res1 == res2 and m1 == m2
+    assert 0.0 <= m1["bbox_AP"] <= 1.0 and "Average Precision" in table
+    # results are a COCO results file
+    dt = reader.coco.loadRes(res1)
+    assert len(dt.anns) == len(res1) > 0
+    assert {r["category_id"] for r in res1} <= {c["id"] for c in reader.categories}
+
+
+def test_api_any_image_size_and_mode(trained):
+    out, _ = trained
+    model = VisionLLM.from_pretrained(out / "checkpoint", device="cpu")
+    rng = np.random.default_rng(0)
+    for size, mode in [((37, 500), "L"), ((640, 120), "RGBA"), ((64, 64), "RGB"), ((1, 1), "RGB")]:
+        img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], len(mode)), dtype=np.uint8).squeeze(), mode)
+        ans = model.predict(img, QUERY, score_threshold=0.0)
+        assert ans["text"].startswith("[") and len(ans["objects"]) > 0
+        for o in ans["objects"]:
+            x1, y1, x2, y2 = o["bbox"]
+            assert 0 <= x1 <= x2 <= size[0] and 0 <= y1 <= y2 <= size[1]
+            assert o["label"] in {"circle", "star", "what is the odd one out?"} and 0 <= o["score"] <= 1
+
+
+def _run(args, **kw):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_infer_command_takes_the_paper_instruction(trained, tmp_path):
+    out, _ = trained
+    img = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (90, 150, 3), dtype=np.uint8)).save(img)
+    r = _run(["tools/infer.py", f"checkpoint={out / 'checkpoint'}", f"image={img}", f"instruction={QUERY}",
+              f"output={tmp_path / 'a.json'}", f"visualize={tmp_path / 'a.png'}", "score_threshold=0.0"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    ans = json.loads((tmp_path / "a.json").read_text())
+    assert set(ans) == {"text", "objects"} and ans["objects"]
+    assert Image.open(tmp_path / "a.png").size[0] >= 150
+
+
+def test_infer_command_explains_bad_input(trained, tmp_path):
+    out, _ = trained
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    r = _run(["tools/infer.py", f"checkpoint={out / 'checkpoint'}", f"image={bad}", f"instruction={QUERY}"])
+    assert r.returncode != 0 and "cannot read image" in r.stderr
+    good = tmp_path / "ok.png"
+    Image.new("RGB", (20, 20)).save(good)
+    r = _run(["tools/infer.py", f"checkpoint={out / 'checkpoint'}", f"image={good}", "instruction=find {'a': <c0>} in <image>"])
+    assert r.returncode != 0 and "output format" in r.stderr
+
+
+def test_eval_command(trained, shapes_root, tmp_path):
+    out, _ = trained
+    r = _run(["tools/eval.py", f"checkpoint={out / 'checkpoint'}", "task=detection", "data=shapes",
+              f"data.root={shapes_root}", f"output_dir={tmp_path}", "max_images=2"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "bbox_AP" in metrics and "bbox_AP50" in metrics
+    assert isinstance(json.loads((tmp_path / "detections.json").read_text()), list)
