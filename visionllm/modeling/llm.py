@@ -54,6 +54,7 @@ class LLM(nn.Module):
         *,
         tokenizer,
         pretrained: str | None = None,
+        vocab_size: int | None = None,
         hidden_size: int = 128,
         num_layers: int = 2,
         num_heads: int = 4,
@@ -77,7 +78,7 @@ class LLM(nn.Module):
             base = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch_dtype)
         else:
             cfg = LlamaConfig(
-                vocab_size=len(tokenizer),
+                vocab_size=max(len(tokenizer), vocab_size or 0),
                 hidden_size=hidden_size,
                 intermediate_size=intermediate_size,
                 num_hidden_layers=num_layers,
@@ -90,7 +91,7 @@ class LLM(nn.Module):
                 tie_word_embeddings=False,
             )
             base = LlamaForCausalLM(cfg).to(torch_dtype)
-        if base.get_input_embeddings().num_embeddings != len(tokenizer):
+        if base.get_input_embeddings().num_embeddings < len(tokenizer):
             base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         init_added_rows(base, self.vocab)
         if gradient_checkpointing:

@@ -1,0 +1,103 @@
+"""Captioning with a length wish: templates, the wish chosen to fit the answer, BLEU/CIDEr."""
+
+import random
+
+import pytest
+import torch
+
+from visionllm.data.captions import KarpathyCaptions
+from visionllm.evaluation.caption import caption_scores, evaluate_caption
+from visionllm.tasks import caption
+from visionllm.tasks.instructions import Request, parse_instruction
+
+BANKS = {"brief": caption.BRIEF_TEMPLATES, "about": caption.ABOUT_TEMPLATES, "detailed": caption.DETAILED_TEMPLATES}
+
+
+@pytest.fixture(scope="module")
+def test_reader(shapes_root):
+    return KarpathyCaptions(root=shapes_root, split_file=shapes_root / "karpathy/dataset_coco.json", split="test")
+
+
+class Oracle(torch.nn.Module):
+    """Answers "about N words" with exactly N words, anything else with the image's first
+    reference (or a fixed unrelated sentence when ``wrong``)."""
+
+    def __init__(self, references: dict, wrong: bool = False):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.references, self.wrong = references, wrong
+
+    def predict(self, batch):
+        out = []
+        for text, meta in zip(batch["instructions"], batch["meta"]):
+            n = caption.requested_length(text)
+            if n is not None:
+                out.append({"text": " ".join(["shape"] * n)})
+            elif self.wrong:
+                out.append({"text": "a dog runs across the green grass"})
+            else:
+                out.append({"text": self.references[meta["image_id"]][0]})
+        return out
+
+
+@pytest.mark.parametrize("kind", list(BANKS))
+def test_templates_parse_as_text(kind):
+    assert len(BANKS[kind]) >= 10
+    for t in BANKS[kind]:
+        text = caption.make_instruction(kind, n=13, template=t)
+        assert parse_instruction(text) == Request(kind="text")
+        assert caption.requested_length(text) == (13 if kind == "about" else None), text
+
+
+def test_requested_length():
+    assert caption.requested_length("Describe <image> in about 7 words.") == 7
+    assert caption.requested_length("A 12-word caption of <image>, please") == 12
+    assert caption.requested_length("Describe <image> in detail.") is None
+    with pytest.raises(ValueError, match="kind"):
+        caption.make_instruction("long")
+
+
+def test_training_wish_fits_the_answer(shapes_root):
+    train = KarpathyCaptions(root=shapes_root, split_file=shapes_root / "karpathy/dataset_coco.json", split="train")
+    rng = random.Random(0)
+    kinds = set()
+    for i in range(len(train)):
+        rec = train[i]
+        for _ in range(3):
+            s = caption.training_sample(rec, image_size=64, rng=rng)
+            assert set(s) == {"image", "pixel_mask", "instruction", "request", "target", "meta"}
+            text, words = s["target"]["text"], len(s["target"]["text"].split())
+            assert text in rec["captions"] and s["request"] == Request(kind="text") == parse_instruction(s["instruction"])
+            kind = "brief" if words <= 8 else "detailed" if words >= 16 else "about"
+            kinds.add(kind)
+            bank = [t.format(n=words) for t in BANKS[kind]]
+            assert s["instruction"] in bank
+            if kind == "about":
+                assert caption.requested_length(s["instruction"]) == words
+    assert kinds == set(BANKS)
+
+
+def test_scores_oracle_and_wrong(test_reader):
+    refs = {e["cocoid"]: [s["raw"].strip() for s in e["sentences"]] for e in test_reader.entries}
+    metrics, results, table = evaluate_caption(
+        Oracle(refs), test_reader, image_size=32, batch_size=3, progress=False, instruction="Describe <image> briefly."
+    )
+    assert {"caption_BLEU-4", "caption_CIDEr", "caption_length_error"} <= set(metrics)
+    assert metrics["caption_BLEU-4"] > 0.9 and metrics["caption_CIDEr"] > 1.0, table
+    assert metrics["caption_length_error"] == 0.0
+    assert sorted(r["image_id"] for r in results) == sorted(refs) and all(set(r) == {"image_id", "caption"} for r in results)
+    wrong, _, _ = evaluate_caption(
+        Oracle(refs, wrong=True), test_reader, image_size=32, batch_size=3, progress=False, instruction="Describe <image> briefly."
+    )
+    assert wrong["caption_BLEU-4"] < 0.1 and wrong["caption_CIDEr"] < 0.2
+    assert wrong["caption_length_error"] == 0.0  # it keeps the length wish, nothing else
+    # the default instruction asks for about ten words
+    words, _, _ = evaluate_caption(Oracle(refs), test_reader, image_size=32, batch_size=3, progress=False, lengths=())
+    assert words["caption_BLEU-4"] < metrics["caption_BLEU-4"]
+
+
+def test_odd_captions_keep_lines_aligned():
+    refs = {1: ["a red circle on a grey background"], 2: ["two blue squares"], 3: ["a green star"], 4: ["one shape"]}
+    preds = {1: "a red circle\ron a grey\u2028background", 2: "two blue squares", 3: "a green star", 4: ""}
+    scores = caption_scores(refs, preds)
+    assert scores["caption_BLEU-4"] > 0.8 and scores["caption_CIDEr"] > 5.0  # only the empty one misses

@@ -1,0 +1,86 @@
+"""Visual grounding task: templates, the one-box target, and P@0.5 with an oracle."""
+
+import random
+
+import pytest
+import torch
+
+from visionllm.data.refcoco import RefCocoGrounding
+from visionllm.data.transforms import letterbox
+from visionllm.evaluation.grounding import evaluate_grounding
+from visionllm.tasks import grounding
+from visionllm.tasks.instructions import parse_instruction
+
+
+@pytest.fixture(scope="module")
+def eval_reader(shapes_root):
+    return RefCocoGrounding(root=shapes_root, splits=("val", "testA", "testB"), image_root=shapes_root)
+
+
+class Oracle(torch.nn.Module):
+    """Answers from meta["gt_bbox"] in the model's output format: a decoy group first, then
+    the true box with the top score (or a shifted box when ``wrong``)."""
+
+    def __init__(self, wrong: bool = False):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.wrong = wrong
+
+    def predict(self, batch):
+        out = []
+        for meta in batch["meta"]:
+            x, y, w, h = meta["gt_bbox"]
+            if self.wrong:
+                x += 1.5 * w
+            box = torch.tensor([[x, y], [x + w, y + h]]) / meta["canvas_scale"]
+            decoy = torch.tensor([[0.0, 0.0], [0.05, 0.05]])
+            out.append({"labels": torch.zeros(2, dtype=torch.long), "scores": torch.tensor([0.3, 0.8]), "points": torch.stack([decoy, box])})
+        return out
+
+
+@pytest.mark.parametrize("expression", ["the rightmost blue shape", "the child's toy", 'the "big" one\'s hat', "  spaced   out  "])
+def test_templates_parse_back(expression):
+    assert len(grounding.TEMPLATES) >= 10
+    want = [" ".join(expression.split()).replace('"', "'") if "'" in expression and '"' in expression else " ".join(expression.split())]
+    for t in grounding.TEMPLATES:
+        r = parse_instruction(grounding.make_instruction(expression, template=t, coord_range=1000))
+        assert (r.kind, r.classes, r.num_points, r.coord_range) == ("boxes", want, 2, 1000), t
+
+
+def test_training_sample(shapes_root):
+    train = RefCocoGrounding(root=shapes_root, splits=("train",), image_root=shapes_root)
+    rng = random.Random(0)
+    for i in range(0, len(train), max(1, len(train) // 8)):
+        rec = train[i]
+        s = grounding.training_sample(rec, image_size=64, rng=rng)
+        assert set(s) == {"image", "pixel_mask", "instruction", "request", "target", "meta"}
+        assert parse_instruction(s["instruction"]) == s["request"]
+        assert s["request"].classes == [rec["expression"]]
+        canvas, _, scale = letterbox(rec["image"], 64)
+        assert torch.equal(s["image"], canvas)  # never flipped: expressions say left and right
+        x, y, w, h = rec["bbox"]
+        t = s["target"]
+        assert t["labels"].tolist() == [0]
+        torch.testing.assert_close(t["coords"] * scale, torch.tensor([[x, y, x + w, y + h]]))
+        torch.testing.assert_close(t["centers"] * scale, torch.tensor([[x + w / 2, y + h / 2]]))
+        assert s["meta"]["canvas_scale"] == scale == max(rec["width"], rec["height"])
+
+
+def test_reading_the_answer(eval_reader):
+    s = grounding.eval_samples(eval_reader[0], image_size=64)[0]
+    assert s["meta"]["gt_bbox"] == eval_reader[0]["bbox"] and s["meta"]["split"] == eval_reader[0]["split"]
+    obj = grounding.to_box(Oracle().predict({"meta": [s["meta"]]})[0], s["request"], s["meta"])
+    x, y, w, h = s["meta"]["gt_bbox"]
+    assert obj["score"] == pytest.approx(0.8)
+    assert grounding.box_iou(obj["bbox"], [x, y, x + w, y + h]) == pytest.approx(1.0, abs=1e-4)
+    assert grounding.printed_answer(obj, s["request"], s["meta"]).startswith("[(<c0>, ")
+    assert grounding.box_iou([0, 0, 2, 2], [1, 0, 3, 2]) == pytest.approx(1 / 3)
+
+
+def test_precision_oracle_and_wrong(eval_reader):
+    metrics, results, table = evaluate_grounding(Oracle(), eval_reader, image_size=64, batch_size=5, progress=False)
+    assert set(metrics) == {"grounding_P@0.5", "grounding_P@0.5/val", "grounding_P@0.5/testA", "grounding_P@0.5/testB"}
+    assert all(v == 1.0 for v in metrics.values()), table
+    assert len(results) == len(eval_reader) and all(r["correct"] for r in results)
+    wrong, _, _ = evaluate_grounding(Oracle(wrong=True), eval_reader, image_size=64, batch_size=5, max_images=6, progress=False)
+    assert wrong["grounding_P@0.5"] == 0.0

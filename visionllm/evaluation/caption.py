@@ -1,0 +1,82 @@
+"""Captioning metrics (METHOD.md §7): BLEU-4 and CIDEr from pycocoevalcap (PTB tokenizer,
+Java), as fractions (the paper prints them x100), plus how well the length wish is kept.
+
+Two passes over the images: one with the evaluation instruction (scored against all the
+references of the image), one asking image i for about ``lengths[i % len(lengths)]`` words,
+scored by the mean absolute difference between words written and words asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+from tqdm import tqdm
+
+from visionllm.evaluation.segmentation import num_images, predict_batches
+from visionllm.tasks import caption
+
+LENGTHS = (5, 10, 15)
+
+
+def caption_scores(references: dict, predictions: dict) -> dict:
+    """{image_id: [reference, ...]}, {image_id: caption} -> BLEU-1..4 and CIDEr."""
+    if not predictions:
+        return {"caption_BLEU-4": 0.0, "caption_CIDEr": 0.0}
+
+    def clean(text: str) -> str:
+        # one caption per line for the Java tokenizer: a "\r" or "\u2028" inside a caption
+        # would split it in two and shift every later caption onto the wrong image
+        return " ".join(text.split())
+
+    gts = {k: [{"caption": clean(r)} for r in references[k]] for k in predictions}
+    res = {k: [{"caption": clean(predictions[k])}] for k in predictions}
+    tok = PTBTokenizer()
+    gts, res = tok.tokenize(gts), tok.tokenize(res)
+    with contextlib.redirect_stdout(io.StringIO()):  # the scorers print their progress
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        cider, _ = Cider().compute_score(gts, res)
+    out = {f"caption_BLEU-{i + 1}": float(b) for i, b in enumerate(bleu)}
+    out["caption_CIDEr"] = float(cider)
+    return out
+
+
+def evaluate_caption(
+    model,
+    reader,
+    *,
+    image_size: int,
+    batch_size: int = 8,
+    max_images=None,
+    progress=True,
+    instruction: str | None = None,
+    lengths=LENGTHS,
+) -> tuple[dict, list[dict], str]:
+    """-> ({"caption_BLEU-4", "caption_CIDEr", "caption_length_error", ...},
+    [{"image_id", "caption"}] (COCO caption results), printed table)."""
+    n = num_images(reader, max_images)
+    references: dict = {}
+
+    def samples(length_pass: bool):
+        desc = "eval caption length" if length_pass else "eval caption"
+        for i in tqdm(range(n), desc=desc, disable=not progress, leave=False):
+            record = reader[i]
+            references[record["image_id"]] = record["captions"]
+            text = None
+            if length_pass:
+                text = caption.make_instruction("about", n=lengths[i % len(lengths)], template=caption.ABOUT_TEMPLATES[0])
+            yield from caption.eval_samples(record, image_size=image_size, instruction=text or instruction)
+
+    predictions = {s["meta"]["image_id"]: out["text"] for s, out in predict_batches(model, samples(False), batch_size)}
+    metrics = caption_scores(references, predictions)
+    errors = []
+    if lengths:
+        for s, out in predict_batches(model, samples(True), batch_size):
+            errors.append(abs(caption.num_words(out["text"]) - s["meta"]["requested_length"]))
+    metrics["caption_length_error"] = sum(errors) / len(errors) if errors else 0.0
+    results = [{"image_id": k, "caption": v} for k, v in predictions.items()]
+    table = "\n".join(f"{k:<24} {v:8.3f}" for k, v in metrics.items())
+    return metrics, results, table

@@ -1,0 +1,121 @@
+"""Image captioning with a length wish (METHOD.md §2, §7): brief, about N words, or detailed.
+
+Training picks one reference caption and then the instruction kind that is true of it
+(brief if at most 8 words, detailed if at least 16, otherwise "about N words" with N its
+word count), so the model learns to follow the wish rather than to ignore it. Words are
+whitespace-separated tokens, here and in the length metric.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from visionllm.data.transforms import letterbox
+from visionllm.tasks.instructions import Request
+
+BRIEF_MAX_WORDS = 8
+DETAILED_MIN_WORDS = 16
+EVAL_WORDS = 10  # COCO captions average about ten words
+
+BRIEF_TEMPLATES = [
+    "Describe <image> briefly.",
+    "Give a short caption for <image>.",
+    "<image> Summarize this image in a few words.",
+    "Write a brief description of the image <image>.",
+    "What does <image> show? Answer in one short sentence.",
+    "Caption <image> concisely.",
+    "In a few words, describe the picture <image>.",
+    "Provide a one-line caption of <image>.",
+    "Briefly, what is in <image>?",
+    "Image: <image>. A short caption, please.",
+]
+ABOUT_TEMPLATES = [
+    "Describe <image> in about {n} words.",
+    "Write a caption of roughly {n} words for <image>.",
+    "<image> Describe this image using around {n} words.",
+    "Give a description of the image <image> that is about {n} words long.",
+    "Caption <image> in approximately {n} words.",
+    "In about {n} words, what does <image> show?",
+    "Provide a {n}-word caption of <image>.",
+    "Summarize the picture <image> in around {n} words.",
+    "Image: <image>. Describe it in roughly {n} words.",
+    "Tell me what is in <image>, using about {n} words.",
+]
+DETAILED_TEMPLATES = [
+    "Describe <image> in detail.",
+    "Give a detailed description of the image <image>.",
+    "<image> Describe everything you see in this image.",
+    "Write a thorough, detailed caption for <image>.",
+    "Describe the picture <image> as completely as you can.",
+    "What is in <image>? Describe it in detail, with positions, colors and sizes.",
+    "Provide a long and detailed description of <image>.",
+    "Explain in detail what the image <image> shows.",
+    "Image: <image>. A detailed description, please.",
+    "Look at <image> carefully and describe all of its contents.",
+]
+
+_LENGTH = re.compile(r"\b(\d+)(?:\s+|-)words?\b", re.IGNORECASE)
+
+
+def num_words(text: str) -> int:
+    return len(text.split())
+
+
+def length_kind(caption: str) -> str:
+    """'brief' | 'about' | 'detailed': the wish this caption fulfils."""
+    n = num_words(caption)
+    return "brief" if n <= BRIEF_MAX_WORDS else "detailed" if n >= DETAILED_MIN_WORDS else "about"
+
+
+def make_instruction(kind: str, *, n: int | None = None, template: str | None = None, rng: random.Random | None = None) -> str:
+    bank = {"brief": BRIEF_TEMPLATES, "about": ABOUT_TEMPLATES, "detailed": DETAILED_TEMPLATES}.get(kind)
+    if bank is None:
+        raise ValueError(f"unknown caption kind {kind!r}; expected 'brief', 'about' or 'detailed'")
+    if kind == "about" and not n:
+        raise ValueError("an 'about N words' caption needs n")
+    template = template or (rng or random).choice(bank)
+    return template.format(n=n) if kind == "about" else template
+
+
+def requested_length(instruction: str) -> int | None:
+    """The N of an "about N words" wish ("in about 12 words", "a 12-word caption"), or None."""
+    m = _LENGTH.search(instruction)
+    return int(m.group(1)) if m else None
+
+
+def _meta(record: dict, scale: float) -> dict:
+    return {"image_id": record["image_id"], "width": record["width"], "height": record["height"], "canvas_scale": scale}
+
+
+def training_sample(record: dict, *, image_size: int, rng: random.Random) -> dict:
+    captions = [c for c in record["captions"] if c.strip()]
+    if not captions:
+        raise ValueError(f"image {record['image_id']} has no caption to learn from")
+    caption = rng.choice(captions).strip()
+    kind = length_kind(caption)
+    canvas, mask, scale = letterbox(record["image"], image_size)
+    return {
+        "image": canvas,
+        "pixel_mask": mask,
+        "instruction": make_instruction(kind, n=num_words(caption), rng=rng),
+        "request": Request(kind="text"),
+        "target": {"text": caption},
+        "meta": _meta(record, scale),
+    }
+
+
+def eval_samples(record: dict, *, image_size: int, instruction: str | None = None) -> list[dict]:
+    """One sample; the default asks for about ``EVAL_WORDS`` words, the length of COCO's
+    references. meta["requested_length"] is the N the instruction asks for, if any."""
+    instruction = instruction or make_instruction("about", n=EVAL_WORDS, template=ABOUT_TEMPLATES[0])
+    canvas, mask, scale = letterbox(record["image"], image_size)
+    return [
+        {
+            "image": canvas,
+            "pixel_mask": mask,
+            "instruction": instruction,
+            "request": Request(kind="text"),
+            "meta": {**_meta(record, scale), "requested_length": requested_length(instruction)},
+        }
+    ]

@@ -1,0 +1,110 @@
+"""Visual grounding through instructions (METHOD.md §2, §5 "Grounding", §7).
+
+The class set holds the referring expression alone, ``{'the rightmost blue shape': <c0>}``,
+with the box format; the answer is the top-scoring group's box.
+
+No horizontal flip in training [ours]: expressions say "left", "rightmost", "top left
+corner", and swapping words is brittle (compound words, "left" as a verb, other languages);
+the box task's flip already teaches the image side of mirroring.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from visionllm.data.transforms import letterbox
+from visionllm.tasks import detection
+from visionllm.tasks.instructions import DEFAULT_RANGE, Request, format_classes, format_slots
+
+# {classes}, {format}, {range} are filled in.
+TEMPLATES = [
+    "Find the object in <image> described by {classes} and output its bounding box as {format} with coordinates from 0 to {range}.",
+    "In the image <image>, locate {classes}. Answer with one box {format}, coordinates in the range 0 to {range}.",
+    "<image> Which region does the expression {classes} refer to? Give its box as {format}, from 0 to {range}.",
+    "Ground the referring expression {classes} in <image> and return the box {format} with values from 0 to {range}.",
+    "Given the image <image>, draw a bounding box around the object that matches {classes}. Use {format}, range 0 to {range}.",
+    "Please point out {classes} in <image> by its bounding box in the format {format}, coordinates between 0 and {range}.",
+    "Look at <image> and identify the one object referred to by {classes}; write it as {format} with numbers from 0 to {range}.",
+    "Where is {classes} in <image>? Output the box {format} in the range 0 to {range}.",
+    "Image: <image>. Expression: {classes}. Return the matching object's box as {format}, coordinates from 0 to {range}.",
+    "Localize the object that the phrase {classes} describes in the picture <image>, formatted as {format}, from 0 to {range}.",
+    "Detect the object referred to as {classes} in <image> and report its box {format}; coordinates range from 0 to {range}.",
+]
+
+
+def expression_classes(expression: str) -> list[str]:
+    """The one-entry class set. A name holding both quote kinds cannot be written inside
+    either, so double quotes become single ones."""
+    text = " ".join(expression.split())
+    if "'" in text and '"' in text:
+        text = text.replace('"', "'")
+    return [text or "the object"]
+
+
+def make_instruction(
+    expression: str, *, template: str | None = None, rng: random.Random | None = None, coord_range: int = DEFAULT_RANGE
+) -> str:
+    template = template or (rng or random).choice(TEMPLATES)
+    return template.format(classes=format_classes(expression_classes(expression)), format=format_slots(2), range=coord_range)
+
+
+def box_target(bbox_xywh, canvas_scale: float) -> dict:
+    """The referred box -> labels [0], coords (1, 4) canvas xyxy, centers (1, 2)."""
+    x, y, w, h = bbox_xywh
+    coords = torch.tensor([[x, y, x + w, y + h]], dtype=torch.float32) / canvas_scale
+    return {"labels": torch.zeros(1, dtype=torch.long), "coords": coords, "centers": (coords[:, :2] + coords[:, 2:]) / 2}
+
+
+def _meta(record: dict, scale: float) -> dict:
+    return {"image_id": record["image_id"], "width": record["width"], "height": record["height"], "canvas_scale": scale}
+
+
+def training_sample(record: dict, *, image_size: int, rng: random.Random) -> dict:
+    canvas, mask, scale = letterbox(record["image"], image_size)
+    names = expression_classes(record["expression"])
+    return {
+        "image": canvas,
+        "pixel_mask": mask,
+        "instruction": make_instruction(record["expression"], rng=rng),
+        "request": Request(kind="boxes", classes=names, num_points=2),
+        "target": box_target(record["bbox"], scale),
+        "meta": _meta(record, scale),
+    }
+
+
+def eval_samples(record: dict, *, image_size: int, template: str | None = None) -> list[dict]:
+    """One sample; meta carries the ground truth (``gt_bbox`` xywh) and the ref's ids/split."""
+    canvas, mask, scale = letterbox(record["image"], image_size)
+    meta = _meta(record, scale)
+    meta.update({"gt_bbox": list(record["bbox"]), "expression": record["expression"]})
+    meta.update({k: record[k] for k in ("ref_id", "sent_id", "split") if k in record})
+    return [
+        {
+            "image": canvas,
+            "pixel_mask": mask,
+            "instruction": make_instruction(record["expression"], template=template or TEMPLATES[0]),
+            "request": Request(kind="boxes", classes=expression_classes(record["expression"]), num_points=2),
+            "meta": meta,
+        }
+    ]
+
+
+def to_box(groups: dict, request: Request, meta: dict) -> dict | None:
+    """The answer: the top-scoring group as {"label", "class_index", "bbox" xyxy pixels, "score"}."""
+    objs = detection.to_objects(groups, request, meta)
+    return objs[0] if objs else None
+
+
+def box_iou(a, b) -> float:
+    """IoU of two xyxy boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def printed_answer(obj: dict | None, request: Request, meta: dict) -> str:
+    return detection.printed_answer([obj] if obj else [], request, meta)
