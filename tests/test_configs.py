@@ -44,5 +44,8 @@ def test_experiment_instantiates(name, tok_dir):
 
 
 def test_eval_and_infer_configs_compose():
-    assert compose_cfg("eval", ["checkpoint=x"]).task == "detection"
+    assert list(compose_cfg("eval", ["checkpoint=x"]).task.eval) == ["detection"]
+    assert len(compose_cfg("eval", ["checkpoint=x", "task=all"]).task.eval) == 5
+    for data in ("shapes", "coco", "refcoco"):
+        assert compose_cfg("train", [f"data={data}"]).data.val
     assert compose_cfg("infer", ["checkpoint=x", "image=y"]).score_threshold > 0

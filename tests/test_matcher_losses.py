@@ -69,6 +69,7 @@ def test_answer_loss_matches_and_learns():
 def test_tokenizer_loss_finite_with_empty_images():
     logits = torch.randn(2, 3, 5, requires_grad=True)
     points = torch.rand(2, 3, 5, 2, requires_grad=True)
-    out = tokenizer_loss(logits, points, [torch.rand(2, 2), torch.zeros(0, 2), torch.rand(1, 2)])
+    out, assigned = tokenizer_loss(logits, points, [torch.rand(2, 2), torch.zeros(0, 2), torch.rand(1, 2)])
     sum(out.values()).backward()
+    assert [len(i) for i, _ in assigned] == [2, 0, 1]
     assert all(torch.isfinite(v) for v in out.values()) and logits.grad is not None

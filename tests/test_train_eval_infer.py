@@ -33,7 +33,7 @@ def test_training_writes_everything(trained):
     out, metrics = trained
     assert {"bbox_AP", "bbox_AP50"} <= set(metrics)
     for f in ["checkpoint/model.safetensors", "checkpoint/config.yaml", "checkpoint/tokenizer/tokenizer.json",
-              "metrics.json", "history.json", "config.yaml"]:
+              "metrics.json", "history.json", "config.yaml", "checkpoints/step_0000004/trainer_state.pt"]:
         assert (out / f).exists(), f
     hist = json.loads((out / "history.json").read_text())
     losses = [h["loss"] for h in hist if "loss" in h]
@@ -45,15 +45,14 @@ def test_training_steps_change_weights_and_lower_loss(shapes_root, tmp_path):
     cfg = tiny_train_cfg(shapes_root, tmp_path, ["trainer.max_steps=1"])
     from hydra.utils import instantiate
 
-    from visionllm.data.datasets import DetectionTrainSet
     from visionllm.data.transforms import collate
-    from visionllm.engine.train import absolutize, prepare_tokenizer
+    from visionllm.engine import tasks
+    from visionllm.engine.train import absolutize, prepare_tokenizer, tokenizer_corpus
 
     absolutize(cfg)
-    reader = instantiate(cfg.data.train.detection)
-    prepare_tokenizer(cfg, [c["name"] for c in reader.categories])
+    ds, vocabulary = tasks.training_set(cfg)
+    prepare_tokenizer(cfg, tokenizer_corpus(ds, vocabulary))
     model = instantiate(cfg.model)
-    ds = DetectionTrainSet(reader=reader, image_size=64, max_classes=8, flip=False)
     batch = collate([ds[i] for i in range(4)])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     before = model(batch)["loss"].item()
@@ -88,7 +87,8 @@ def test_api_any_image_size_and_mode(trained):
     model = VisionLLM.from_pretrained(out / "checkpoint", device="cpu")
     rng = np.random.default_rng(0)
     for size, mode in [((37, 500), "L"), ((640, 120), "RGBA"), ((64, 64), "RGB"), ((1, 1), "RGB")]:
-        img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], len(mode)), dtype=np.uint8).squeeze(), mode)
+        img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+        assert img.mode == mode
         ans = model.predict(img, QUERY, score_threshold=0.0)
         assert ans["text"].startswith("[") and len(ans["objects"]) > 0
         for o in ans["objects"]:

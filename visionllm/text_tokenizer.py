@@ -41,6 +41,10 @@ def load_tokenizer(path: str | Path):
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer directory not found: {path}")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt")):
+        raise FileNotFoundError(
+            f"{path} holds no tokenizer (expected tokenizer.json, tokenizer_config.json, tokenizer.model or vocab.txt)"
+        )
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token is None:  # LLaMA tokenizers ship without one
         tok.pad_token = tok.unk_token or tok.eos_token

@@ -4,7 +4,12 @@
                              tensor, plus whole parts built from random configs
     DIR/config.yaml          the resolved config (tokenizer paths pointing inside DIR)
     DIR/tokenizer/           the text tokenizer (when not the pretrained LLM's own)
+    DIR/adapter/             with a pretrained LLM: the LoRA adapter in peft's format
+                             (adapter_config.json naming the base directory)
     DIR/state.json           step and metrics at save time
+    DIR/trainer_state.pt     optimizer, schedule, step, data position and RNG states, for
+                             ``trainer.resume`` (tensors and plain values only: it loads
+                             with ``torch.load(..., weights_only=True)``)
 
 Written to a temporary directory and renamed, so a crash never leaves half a checkpoint.
 """
@@ -22,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
+TRAINER_STATE = "trainer_state.pt"
 
 
 def saved_state(model: torch.nn.Module, *, llm_pretrained: bool) -> dict[str, torch.Tensor]:
@@ -36,7 +42,9 @@ def saved_state(model: torch.nn.Module, *, llm_pretrained: bool) -> dict[str, to
     return state
 
 
-def save_checkpoint(model, cfg: DictConfig, out_dir: str | Path, *, state: dict | None = None) -> Path:
+def save_checkpoint(
+    model, cfg: DictConfig, out_dir: str | Path, *, state: dict | None = None, trainer_state: dict | None = None
+) -> Path:
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
@@ -57,7 +65,14 @@ def save_checkpoint(model, cfg: DictConfig, out_dir: str | Path, *, state: dict 
         shutil.copytree(src_tok, tmp / "tokenizer")
     cfg.tokenizer_dir = "tokenizer"  # relative: resolved against the checkpoint at load time
     OmegaConf.save(cfg, tmp / CONFIG)
+    if llm_pretrained and not OmegaConf.select(cfg, "model.llm.train_base"):
+        # the LoRA adapter in peft's own format too, for tools that know peft and not us
+        from visionllm.engine.adapters import save_lora_adapter
+
+        save_lora_adapter(model, tmp / "adapter", cfg.model.llm.pretrained)
     (tmp / "state.json").write_text(json.dumps(state or {}, indent=2))
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / TRAINER_STATE)
     if out_dir.exists():
         old = out_dir.with_name(out_dir.name + ".old")
         if old.exists():
@@ -80,20 +95,32 @@ def load_config(ckpt_dir: str | Path) -> DictConfig:
     return cfg
 
 
-def load_model(ckpt_dir: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the model from a checkpoint directory; returns (model, cfg)."""
+def load_weights(model, ckpt_dir: str | Path, cfg: DictConfig) -> None:
+    """Load a checkpoint's weights into a built model; every tensor it needs must be there."""
     ckpt_dir = Path(ckpt_dir)
-    cfg = load_config(ckpt_dir)
-    model = instantiate(cfg.model)
     weights = ckpt_dir / WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt_dir} has no {WEIGHTS}")
-    state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
     if unexpected:
         raise ValueError(f"checkpoint {ckpt_dir} holds weights this model does not have: {unexpected[:5]}")
     llm_pretrained = bool(OmegaConf.select(cfg, "model.llm.pretrained"))
     bad = [k for k in missing if not (llm_pretrained and k.startswith("llm.model."))]
     if bad:
         raise ValueError(f"checkpoint {ckpt_dir} lacks weights: {bad[:5]}")
+
+
+def load_trainer_state(ckpt_dir: str | Path) -> dict:
+    path = Path(ckpt_dir) / TRAINER_STATE
+    if not path.is_file():
+        raise FileNotFoundError(f"{ckpt_dir} has no {TRAINER_STATE}: it cannot resume a run")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_model(ckpt_dir: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the model from a checkpoint directory; returns (model, cfg)."""
+    ckpt_dir = Path(ckpt_dir)
+    cfg = load_config(ckpt_dir)
+    model = instantiate(cfg.model)
+    load_weights(model, ckpt_dir, cfg)
     return model.to(device).eval(), cfg

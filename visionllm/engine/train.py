@@ -1,15 +1,17 @@
 """The training loop, importable: ``train(cfg)`` (the Hydra wrapper is tools/train.py).
 
-AdamW with warmup + cosine, gradient clipping, a progress bar (loss, lr, samples/s, ETA),
-periodic COCO evaluation and atomic checkpoints (METHOD.md §6).
+AdamW with warmup + cosine, gradient clipping and accumulation, bf16 autocast, a progress bar
+(loss, lr, samples/s, ETA), TensorBoard scalars, periodic evaluation of every task in
+``cfg.task.eval``, atomic checkpoints that resume exactly (model, optimizer, schedule, step,
+data position, RNG), and DDP under ``torchrun`` (METHOD.md §6).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -20,26 +22,22 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from visionllm.data.datasets import DetectionTrainSet
+from visionllm.cli import pick_device
 from visionllm.data.transforms import collate
-from visionllm.engine.checkpoint import save_checkpoint
-from visionllm.evaluation.detection import evaluate_detection
-from visionllm.tasks import detection
+from visionllm.engine import tasks
+from visionllm.engine.checkpoint import load_trainer_state, load_weights, save_checkpoint
+from visionllm.engine.distributed import EpochSampler, barrier, init_distributed, mean_across
+from visionllm.engine.optim import build_optimizer
 from visionllm.text_tokenizer import train_text_tokenizer
 
 log = logging.getLogger("visionllm.train")
+HEADLINE = ("bbox_AP", "bbox_AP50", "segm_AP", "grounding_P@0.5", "caption_CIDEr", "vqa_accuracy")
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def absolutize(cfg: DictConfig) -> None:
@@ -50,49 +48,51 @@ def absolutize(cfg: DictConfig) -> None:
             OmegaConf.update(cfg, key, to_absolute_path(str(val)))
 
 
-def tokenizer_corpus(category_names: list[str]) -> list[str]:
-    """Text a tokenizer for the tiny models is trained on: every template filled with the classes."""
+def tokenizer_corpus(dataset, vocabulary: list[str], per_task: int = 300) -> list[str]:
+    """Text a tokenizer for the tiny models is trained on: instructions and answers drawn from
+    every training task (so every template and answer word is seen), plus the class names."""
+    texts = list(vocabulary)
     rng = random.Random(0)
-    texts = []
-    for t in detection.TEMPLATES:
-        for _ in range(20):
-            k = rng.randint(1, max(1, len(category_names)))
-            texts.append(detection.make_instruction(rng.sample(category_names, k), template=t))
-    return texts + category_names
+    for s in dataset.sets.values():
+        for i in rng.sample(range(len(s)), min(len(s), per_task)):
+            sample = s[i]
+            texts.append(sample["instruction"])
+            if sample["target"] and "text" in sample["target"]:
+                texts.append(sample["target"]["text"])
+    return texts
 
 
-def prepare_tokenizer(cfg: DictConfig, category_names: list[str]) -> None:
+def prepare_tokenizer(cfg: DictConfig, texts: list[str]) -> None:
     """Train the text tokenizer of the tiny models once, unless a pretrained LLM brings its own."""
     tok_dir = Path(cfg.tokenizer_dir)
     if OmegaConf.select(cfg, "model.llm.pretrained") or (tok_dir / "tokenizer_config.json").is_file():
         return
-    train_text_tokenizer(tokenizer_corpus(category_names), tok_dir, vocab_size=cfg.tokenizer_vocab_size)
+    train_text_tokenizer(texts, tok_dir, vocab_size=cfg.tokenizer_vocab_size)
     log.info("trained a text tokenizer into %s", tok_dir)
 
 
-def param_groups(model, *, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
-    """No decay on norms, biases and embeddings; the backbone learns slower (Deformable DETR)."""
-    groups = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_backbone = name.startswith("image_tokenizer.backbone.body.")
-        no_decay = p.ndim < 2 or "norm" in name or "embed" in name or "token_adapter" in name
-        key = (is_backbone, no_decay)
-        groups.setdefault(key, {"params": [], "lr": lr * (backbone_lr_mult if is_backbone else 1.0),
-                                "weight_decay": 0.0 if no_decay else weight_decay})
-        groups[key]["params"].append(p)
-    return list(groups.values())
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+            "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss], "torch": torch.get_rng_state()}
 
 
-def lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def _set_rng_state(s: dict) -> None:
+    random.setstate((s["python_version"], tuple(s["python"]), None))
+    keys, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(s["torch"])
 
-    return f
+
+def find_resume(cfg: DictConfig) -> Path | None:
+    """``trainer.resume``: null (fresh), ``auto`` (the newest checkpoint of this run, if any) or a directory."""
+    spec = OmegaConf.select(cfg, "trainer.resume")
+    if not spec:
+        return None
+    if spec != "auto":
+        return Path(to_absolute_path(str(spec)))
+    steps = sorted(Path(cfg.output_dir, "checkpoints").glob("step_*"))
+    return steps[-1] if steps else None
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -102,84 +102,146 @@ def _to_device(batch: dict, device) -> dict:
     return batch
 
 
-def run_eval(model, cfg: DictConfig, val_reader, max_images=None, progress=True) -> tuple[dict, list, str]:
-    return evaluate_detection(
-        model,
-        val_reader,
-        image_size=cfg.data.image_size,
-        chunk=cfg.task.eval_chunk,
-        batch_size=cfg.trainer.eval_batch_size,
-        max_images=max_images,
-        progress=progress,
-    )
+def evaluate_all(model, cfg: DictConfig, readers: dict, *, max_images=None, progress=False) -> tuple[dict, str]:
+    metrics, tables = {}, []
+    for name, reader in readers.items():
+        m, _, table = tasks.evaluate(model, cfg, name, reader, batch_size=cfg.trainer.eval_batch_size,
+                                     max_images=max_images, progress=progress)
+        metrics.update(m)
+        tables.append(f"== {name}\n{table}")
+    return metrics, "\n".join(tables)
+
+
+def _save(model, cfg, out: Path, step: int, metrics: dict, trainer_state: dict, keep: int) -> None:
+    ckpts = out / "checkpoints"
+    path = save_checkpoint(model, cfg, ckpts / f"step_{step:07d}", state={"step": step, "metrics": metrics},
+                           trainer_state=trainer_state)
+    for old in sorted(ckpts.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    # out/checkpoint is what eval and infer take: the newest, replaced atomically
+    tmp = out / "checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(path, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    tmp.rename(out / "checkpoint")
 
 
 def train(cfg: DictConfig) -> dict:
     """Train per ``cfg``; returns the final metrics. Writes OUTPUT_DIR/checkpoint and metrics.json."""
     absolutize(cfg)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    seed_everything(cfg.seed)
     tc = cfg.trainer
     device = pick_device(tc.device)
+    dist = init_distributed(device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default="ddp")
+    if strategy != "ddp":
+        raise ValueError(f"trainer.strategy={strategy} is not available yet; use ddp")
+    out = Path(cfg.output_dir)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    seed_everything(cfg.seed)
 
-    train_reader = instantiate(cfg.data.train.detection)
-    val_reader = instantiate(cfg.data.val.detection)
-    vocabulary = list(cfg.data.categories or [c["name"] for c in train_reader.categories])
-    prepare_tokenizer(cfg, vocabulary)
+    dataset, vocabulary = tasks.training_set(cfg)
+    if dist.is_main:
+        prepare_tokenizer(cfg, tokenizer_corpus(dataset, vocabulary))
+    barrier(dist)
+    val_readers = {name: tasks.reader(cfg, "val", name) for name in cfg.task.eval} if dist.is_main else {}
     model = instantiate(cfg.model).to(device)
     model.train()
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("model: %.2fM parameters, %.2fM trainable", sum(p.numel() for p in model.parameters()) / 1e6, n_train / 1e6)
+    if dist.is_main:
+        n_all = sum(p.numel() for p in model.parameters())
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("model: %.2fM parameters, %.2fM trainable", n_all / 1e6, n_train / 1e6)
+    opt, sched = build_optimizer(model, tc)
 
-    dataset = DetectionTrainSet(
-        reader=train_reader, image_size=cfg.data.image_size, max_classes=cfg.task.max_classes,
-        flip=cfg.task.flip, seed=cfg.seed, vocabulary=vocabulary,
-    )
-    loader_gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(param_groups(model, lr=tc.lr, backbone_lr_mult=tc.backbone_lr_mult, weight_decay=tc.weight_decay))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.max_steps))
+    step, epoch, batch_in_epoch, history, metrics = 0, 0, 0, [], {}
+    resume = find_resume(cfg)
+    if resume is not None:
+        load_weights(model, resume, cfg)
+        st = load_trainer_state(resume)
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        step, epoch, batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
+        _set_rng_state(st["rng"])
+        hist = out / "history.json"
+        history = [h for h in json.loads(hist.read_text()) if h["step"] <= step] if hist.is_file() else []
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume, step, epoch, batch_in_epoch)
 
-    history, metrics, step, epoch = [], {}, 0, 0
-    bar = tqdm(total=tc.max_steps, desc="train", dynamic_ncols=True, mininterval=1.0)
-    t0, seen = time.time(), 0
+    net = model
+    if dist.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    writer = None
+    if dist.is_main and OmegaConf.select(cfg, "trainer.tensorboard", default=True):
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"))
+    accumulate = int(OmegaConf.select(cfg, "trainer.accumulate", default=1))
+    bf16 = OmegaConf.select(cfg, "trainer.precision", default="fp32") == "bf16"
+    keep = int(OmegaConf.select(cfg, "trainer.keep_checkpoints", default=2))
+
+    bar = tqdm(total=tc.max_steps, initial=step, desc="train", dynamic_ncols=True, mininterval=1.0, disable=not dist.is_main)
+    t0, seen, micro = time.time(), 0, 0
     while step < tc.max_steps:
         dataset.set_epoch(epoch)
-        loader = DataLoader(
-            dataset, batch_size=tc.batch_size, shuffle=True, drop_last=True, collate_fn=collate,
-            num_workers=tc.num_workers, generator=loader_gen, persistent_workers=False,
-        )
+        sampler = EpochSampler(len(dataset), seed=cfg.seed, epoch=epoch, batch_size=tc.batch_size,
+                               rank=dist.rank, world_size=dist.world_size, start=batch_in_epoch)
+        loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
+                            num_workers=tc.num_workers)
         for batch in loader:
-            losses = model(_to_device(batch, device))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                losses = net(_to_device(batch, device))
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}: {({k: v.item() for k, v in losses.items()})}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss / accumulate).backward()
+            batch_in_epoch += 1
+            seen += tc.batch_size * dist.world_size
+            micro += 1
+            if micro % accumulate:
+                continue
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             opt.step()
             sched.step()
+            opt.zero_grad(set_to_none=True)
             step += 1
-            seen += tc.batch_size
             bar.update(1)
             if step % tc.log_every == 0 or step == tc.max_steps:
                 rate = seen / (time.time() - t0)
                 rec = {"step": step, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm), "samples_per_s": rate}
-                rec.update({k: round(v.item(), 4) for k, v in losses.items()})
+                rec.update({k: round(mean_across(v.item(), dist), 5) for k, v in losses.items()})
                 history.append(rec)
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{rec['lr']:.1e}", sps=f"{rate:.1f}")
-            if step % tc.eval_every == 0 or step == tc.max_steps:
-                metrics, _, table = run_eval(model, cfg, val_reader, max_images=tc.eval_max_images, progress=False)
-                bar.write(f"step {step}: bbox_AP {metrics['bbox_AP']:.3f}  AP50 {metrics['bbox_AP50']:.3f}")
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.1e}", sps=f"{rate:.1f}")
+                if writer:
+                    for k, v in rec.items():
+                        if k != "step":
+                            writer.add_scalar(f"train/{k}", v, step)
+            last = step == tc.max_steps
+            if (step % tc.eval_every == 0 or last) and dist.is_main and val_readers:
+                metrics, _ = evaluate_all(model, cfg, val_readers, max_images=tc.eval_max_images)
+                bar.write(f"step {step}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in HEADLINE if k in metrics))
                 history.append({"step": step, **metrics})
-            if step % tc.checkpoint_every == 0 or step == tc.max_steps:
-                save_checkpoint(model, cfg, out / "checkpoint", state={"step": step, "metrics": metrics})
+                if writer:
+                    for k, v in metrics.items():
+                        writer.add_scalar(f"eval/{k}", v, step)
+            if (step % tc.checkpoint_every == 0 or last) and dist.is_main:
+                state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict(), "rng": _rng_state()}
+                _save(model, cfg, out, step, metrics, state, keep)
                 (out / "history.json").write_text(json.dumps(history, indent=1))
+            barrier(dist)
             if step >= tc.max_steps:
                 break
-        epoch += 1
+        else:
+            epoch += 1
+            batch_in_epoch = 0
     bar.close()
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    log.info("done: %s", json.dumps(metrics))
+    if writer:
+        writer.close()
+    if dist.is_main:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        log.info("done: %s", json.dumps(metrics))
     return metrics

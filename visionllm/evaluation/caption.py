@@ -16,7 +16,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 from tqdm import tqdm
 
-from visionllm.evaluation.segmentation import num_images, predict_batches
+from visionllm.evaluation.loop import num_images, predict_batches
 from visionllm.tasks import caption
 
 LENGTHS = (5, 10, 15)

@@ -9,46 +9,32 @@ from __future__ import annotations
 import contextlib
 import io
 
-import torch
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from visionllm.data.transforms import collate
+from visionllm.evaluation.loop import num_images, predict_batches
 from visionllm.tasks import detection
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 
 
-@torch.no_grad()
 def predict_detections(model, reader, *, image_size: int, chunk: int, batch_size: int, max_images=None, progress=True):
     """Run the model over the reader; return COCO results (a list of dicts) and the image ids seen."""
     cats = reader.categories
     names = [c["name"] for c in cats]
     name_to_cat = {c["name"]: c["id"] for c in cats}
-    n = len(reader) if max_images is None else min(len(reader), max_images)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    results, image_ids, pending = [], [], []
+    image_ids: list[int] = []
 
-    def flush():
-        batch = collate(pending)
-        batch["images"], batch["pixel_mask"] = batch["images"].to(device), batch["pixel_mask"].to(device)
-        for s, out in zip(pending, model.predict(batch)):
-            objs = detection.to_objects(out, s["request"], s["meta"])
-            results.extend(detection.to_coco_results(objs[:100], s["meta"]["image_id"], name_to_cat))
-        pending.clear()
+    def samples():
+        for i in tqdm(range(num_images(reader, max_images)), desc="eval detection", disable=not progress, leave=False):
+            record = reader[i]
+            image_ids.append(record["image_id"])
+            yield from detection.eval_samples(record, class_names=names, image_size=image_size, chunk=chunk)
 
-    for i in tqdm(range(n), desc="eval detection", disable=not progress, leave=False):
-        record = reader[i]
-        image_ids.append(record["image_id"])
-        for s in detection.eval_samples(record, class_names=names, image_size=image_size, chunk=chunk):
-            pending.append(s)
-            if len(pending) >= batch_size:
-                flush()
-    if pending:
-        flush()
-    model.train(was_training)
+    results = []
+    for s, out in predict_batches(model, samples(), batch_size):
+        objs = detection.to_objects(out, s["request"], s["meta"])
+        results.extend(detection.to_coco_results(objs[:100], s["meta"]["image_id"], name_to_cat))
     return results, image_ids
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from visionllm.evaluation.segmentation import num_images, predict_batches
+from visionllm.evaluation.loop import num_images, predict_batches
 from visionllm.tasks import grounding
 
 IOU_THRESHOLD = 0.5

@@ -2,51 +2,20 @@
 
 Every image is asked for ``num_points``-point polygons of all categories (in chunks of
 ``chunk`` classes); the answers become RLE masks and pycocotools scores them with
-``iouType="segm"``. Also home of ``predict_batches``, the batched predict loop the evaluators
-of segmentation, grounding, captioning and VQA share.
+``iouType="segm"``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterable, Iterator
 
-import torch
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
-from visionllm.data.transforms import collate
 from visionllm.evaluation.detection import coco_box_metrics
+from visionllm.evaluation.loop import num_images, predict_batches
 from visionllm.tasks import segmentation
-
-
-@torch.no_grad()
-def predict_batches(model, samples: Iterable[dict], batch_size: int) -> Iterator[tuple[dict, dict]]:
-    """Run ``model.predict`` over samples in batches; yield (sample, its output) in order.
-    The model is in eval mode meanwhile and gets its training mode back afterwards."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    pending: list[dict] = []
-
-    def flush():
-        batch = collate(pending)
-        batch["images"], batch["pixel_mask"] = batch["images"].to(device), batch["pixel_mask"].to(device)
-        outs = model.predict(batch)
-        done = list(zip(pending, outs))
-        pending.clear()
-        return done
-
-    try:
-        for s in samples:
-            pending.append(s)
-            if len(pending) >= batch_size:
-                yield from flush()
-        if pending:
-            yield from flush()
-    finally:
-        model.train(was_training)
 
 
 def _annotation_copy(coco: COCO) -> COCO:
@@ -57,10 +26,6 @@ def _annotation_copy(coco: COCO) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         copy.createIndex()
     return copy
-
-
-def num_images(reader, max_images) -> int:
-    return len(reader) if max_images is None else min(len(reader), max_images)
 
 
 def predict_segments(

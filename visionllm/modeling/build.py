@@ -16,7 +16,9 @@ def build_visionllm(
     llm: LLM,
     image_tokenizer: dict,
     none_weight: float = 0.1,
+    group_matching: str = "tokenizer",
     loss_weights: dict | None = None,
 ) -> VisionLLM:
     tokenizer = ImageTokenizer(backbone=backbone, text_encoder=text_encoder, **dict(image_tokenizer))
-    return VisionLLM(image_tokenizer=tokenizer, llm=llm, none_weight=none_weight, loss_weights=loss_weights)
+    return VisionLLM(image_tokenizer=tokenizer, llm=llm, none_weight=none_weight,
+                     group_matching=group_matching, loss_weights=loss_weights)

@@ -33,6 +33,8 @@ def init_added_rows(base, vocab: Vocab) -> None:
     """
     emb = base.get_input_embeddings().weight
     head = base.get_output_embeddings().weight
+    if emb.is_meta:  # sized only (the planner, the config tests): no values to give
+        return
     H = emb.shape[1]
     old = emb[: vocab.image].float()
     scale = old.std().item() if old.numel() > 1 else 0.02
@@ -133,4 +135,4 @@ class LLM(nn.Module):
         the slots of an output format need just their allowed rows of the head."""
         if token_ids is None:
             return self.model.get_output_embeddings()(hidden)
-        return hidden @ self.head_weight()[token_ids].t()
+        return hidden.float() @ self.head_weight()[token_ids].float().t()  # float32 logits whatever the LLM dtype

@@ -27,10 +27,13 @@ def tokenizer_loss(
     *,
     w_obj: float = 2.0,
     w_point: float = 5.0,
-) -> dict[str, torch.Tensor]:
-    D, B, M = layer_logits.shape
+) -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Returns the losses and, per image, the last layer's (token, object) assignment."""
+    D, B, _ = layer_logits.shape
     num = max(sum(len(c) for c in centers), 1)
     obj = point = layer_logits.new_zeros(())
+    empty = torch.zeros(0, dtype=torch.long, device=layer_logits.device)
+    assignment = [(empty, empty)] * B
     for d in range(D):
         target = torch.zeros_like(layer_logits[d])
         for b in range(B):
@@ -40,10 +43,12 @@ def tokenizer_loss(
                 layer_points[d, b], centers[b], p=1
             )
             i, j = hungarian(cost)
+            if d == D - 1:
+                assignment[b] = (i, j)
             target[b, i] = 1.0
             point = point + F.l1_loss(layer_points[d, b, i], centers[b][j], reduction="sum")
         obj = obj + sigmoid_focal_loss(layer_logits[d], target, reduction="sum")
-    return {"loss_tok_obj": w_obj * obj / num / D, "loss_tok_point": w_point * point / num / D}
+    return {"loss_tok_obj": w_obj * obj / num / D, "loss_tok_point": w_point * point / num / D}, assignment
 
 
 def two_hot(target_bins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,13 +81,17 @@ def answer_loss(
     coords: torch.Tensor,  # (n, 2N) canvas-normalized, interleaved x, y
     *,
     is_box: bool,
+    assignment: tuple[torch.Tensor, torch.Tensor] | None = None,
     none_weight: float = 0.1,
     w_cls: float = 2.0,
     w_ce: float = 1.0,
     w_l1: float = 5.0,
     w_giou: float = 2.0,
 ) -> tuple[dict[str, torch.Tensor], int]:
-    """One image's answer loss, summed over objects (the caller normalizes by the object count)."""
+    """One image's answer loss, summed over objects (the caller normalizes by the object count).
+
+    ``assignment`` (group, object) pairs, when given, replace the Hungarian matching of groups.
+    """
     M, K1 = cls_logits.shape
     n_coord = loc_logits.shape[1]
     pred = anchors.repeat(1, n_coord // 2) + expected_offsets(loc_logits)  # (M, 2N)
@@ -92,10 +101,13 @@ def answer_loss(
     target = torch.full((M,), K1 - 1, dtype=torch.long, device=cls_logits.device)
     out = {}
     if len(labels):
-        cost = -w_cls * cls_logp[:, labels].exp() + w_l1 * torch.cdist(pred, coords, p=1)
-        if is_box:
-            cost = cost - w_giou * generalized_box_iou(_safe_box(pred), coords)
-        i, j = hungarian(cost)
+        if assignment is not None:
+            i, j = assignment
+        else:
+            cost = -w_cls * cls_logp[:, labels].exp() + w_l1 * torch.cdist(pred, coords, p=1)
+            if is_box:
+                cost = cost - w_giou * generalized_box_iou(_safe_box(pred), coords)
+            i, j = hungarian(cost)
         target[i] = labels[j]
         offsets = coords[j] - anchors[i].repeat(1, n_coord // 2)
         out["loss_loc_ce"] = w_ce * location_ce(loc_logits[i], offsets)

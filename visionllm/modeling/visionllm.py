@@ -28,6 +28,7 @@ class VisionLLM(nn.Module):
         image_tokenizer: ImageTokenizer,
         llm: LLM,
         none_weight: float = 0.1,
+        group_matching: str = "tokenizer",
         loss_weights: dict[str, float] | None = None,
     ):
         super().__init__()
@@ -41,6 +42,9 @@ class VisionLLM(nn.Module):
         self.class_pointer = nn.Linear(H, H, bias=False)
         nn.init.zeros_(self.class_pointer.weight)
         self.none_weight = none_weight
+        if group_matching not in ("tokenizer", "hungarian"):
+            raise ValueError(f"group_matching must be 'tokenizer' or 'hungarian', not {group_matching!r}")
+        self.group_matching = group_matching
         self.loss_weights = dict(loss_weights or {})
 
     @property
@@ -71,6 +75,7 @@ class VisionLLM(nn.Module):
         vocab = self.llm.vocab
         Lp = int(valid[idx].sum(1).max())
         hidden, prefix_hidden = decode_groups(self.llm, prefix[idx, :Lp], valid[idx, :Lp], v[idx], vocab.slot_ids(num_points))
+        hidden, prefix_hidden = hidden.float(), prefix_hidden.float()  # heads in float32 (bf16 LLM bases)
         kmax = max(len(requests[b].classes) for b in idx)
         cls_ids = torch.tensor([vocab.class_id(k) for k in range(kmax)] + [vocab.none], device=v.device)
         cls_logits = self.llm.logits(hidden[:, :, 0], cls_ids)  # (b, M, Kmax+1)
@@ -89,12 +94,15 @@ class VisionLLM(nn.Module):
         toks, anchors, v = self._image_tokens(batch)
         # the tokenizer learns from samples that name their objects (not from captions or answers)
         rows = [b for b, t in enumerate(targets) if t.get("centers") is not None]
+        assignment: dict[int, tuple] = {}
+        losses = {}
         if rows:
-            losses = tokenizer_loss(
+            losses, assigned = tokenizer_loss(
                 toks.layer_logits[:, rows], toks.layer_points[:, rows], [targets[b]["centers"].to(v.device) for b in rows]
             )
-        else:
-            losses = {}
+            if self.group_matching == "tokenizer":
+                # group i answers for the object its image token was matched to [ours]
+                assignment = dict(zip(rows, assigned))
         prefix, valid, ids = splice_image_tokens(self.llm, batch["instructions"], v)
         sums: dict[str, torch.Tensor] = defaultdict(lambda: v.new_zeros(()))
         num_objects = 0
@@ -111,6 +119,7 @@ class VisionLLM(nn.Module):
                     t["labels"].to(v.device),
                     t["coords"].to(v.device),
                     is_box=n_pts == 2,
+                    assignment=assignment.get(b),
                     none_weight=self.none_weight,
                 )
                 num_objects += n

@@ -1,0 +1,43 @@
+"""Optimizer and schedule (METHOD.md §6): AdamW, linear warmup then cosine."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def param_groups(model, *, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
+    """No decay on norms, biases and embeddings; a pretrained backbone learns slower (Deformable DETR)."""
+    groups: dict[tuple[bool, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_backbone = ".backbone.body." in f".{name}"
+        no_decay = p.ndim < 2 or "norm" in name or "embed" in name or "token_adapter" in name
+        key = (is_backbone, no_decay)
+        if key not in groups:
+            groups[key] = {
+                "params": [],
+                "lr": lr * (backbone_lr_mult if is_backbone else 1.0),
+                "weight_decay": 0.0 if no_decay else weight_decay,
+            }
+        groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups)]  # a fixed order, so optimizer state resumes
+
+
+def lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def build_optimizer(model, tc) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    opt = torch.optim.AdamW(
+        param_groups(model, lr=tc.lr, backbone_lr_mult=tc.backbone_lr_mult, weight_decay=tc.weight_decay)
+    )
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.max_steps))

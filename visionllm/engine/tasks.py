@@ -1,0 +1,94 @@
+"""From config to tasks: which reader feeds which task's sample builder for training, and which
+evaluator scores it. The single place that knows every task by name.
+
+``cfg.task.mixture`` weights the training tasks, ``cfg.task.eval`` lists the evaluated ones;
+``cfg.task.<name>`` holds a task's options (defaults below); ``cfg.data.{train,val}.<name>``
+the readers.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from visionllm.data.datasets import Mixture, TaskSet
+from visionllm.evaluation.caption import evaluate_caption
+from visionllm.evaluation.detection import evaluate_detection
+from visionllm.evaluation.grounding import evaluate_grounding
+from visionllm.evaluation.segmentation import evaluate_segmentation
+from visionllm.evaluation.vqa import evaluate_vqa
+from visionllm.tasks import caption, detection, grounding, segmentation, vqa
+
+TASKS = ("detection", "segmentation", "grounding", "caption", "vqa")
+
+DEFAULTS = {
+    "detection": {"max_classes": 32, "eval_chunk": 32, "flip": True},
+    "segmentation": {"max_classes": 32, "eval_chunk": 32, "flip": True, "points": [8, 12, 16, 20, 24], "eval_points": 16},
+    "grounding": {},
+    "caption": {},
+    "vqa": {},
+}
+
+
+def task_options(cfg: DictConfig, name: str) -> dict:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    opts = dict(DEFAULTS[name])
+    node = OmegaConf.select(cfg, f"task.{name}")
+    if node is not None:
+        opts.update(OmegaConf.to_container(node, resolve=True))
+    return opts
+
+
+def category_names(reader) -> list[str]:
+    return [c["name"] for c in reader.categories]
+
+
+def _builder(name: str, opts: dict, image_size: int, vocabulary: list[str] | None):
+    if name == "detection":
+        return lambda r, rng: detection.training_sample(
+            r, vocabulary=vocabulary, image_size=image_size, rng=rng, max_classes=opts["max_classes"], flip=opts["flip"]
+        )
+    if name == "segmentation":
+        return lambda r, rng: segmentation.training_sample(
+            r, vocabulary=vocabulary, image_size=image_size, rng=rng, max_classes=opts["max_classes"],
+            flip=opts["flip"], num_points_choices=tuple(opts["points"]),
+        )
+    module = {"grounding": grounding, "caption": caption, "vqa": vqa}[name]
+    return partial(module.training_sample, image_size=image_size)
+
+
+def reader(cfg: DictConfig, split: str, name: str):
+    node = OmegaConf.select(cfg, f"data.{split}.{name}")
+    if node is None:
+        raise ValueError(f"data={cfg.data.name} has no {split} reader for task {name!r}")
+    return instantiate(node)
+
+
+def training_set(cfg: DictConfig) -> tuple[Mixture, list[str]]:
+    """The weighted mixture of ``cfg.task.mixture``; also the class vocabulary of detection data."""
+    weights = {k: float(v) for k, v in cfg.task.mixture.items() if float(v) > 0}
+    sets, vocabulary = {}, list(cfg.data.categories or [])
+    for name in weights:
+        r = reader(cfg, "train", name)
+        if name in ("detection", "segmentation") and not vocabulary:
+            vocabulary = category_names(r)
+        sets[name] = TaskSet(reader=r, build=_builder(name, task_options(cfg, name), cfg.data.image_size, vocabulary or None),
+                             seed=cfg.seed, name=name)
+    return Mixture(sets, weights, seed=cfg.seed), vocabulary
+
+
+def evaluate(model, cfg: DictConfig, name: str, val_reader, *, batch_size: int, max_images=None, progress=True,
+             chunk: int | None = None):
+    """Run one task's evaluator -> (flat metrics, results, printable table)."""
+    opts = task_options(cfg, name)
+    size = cfg.data.image_size
+    common = {"image_size": size, "batch_size": batch_size, "max_images": max_images, "progress": progress}
+    if name == "detection":
+        return evaluate_detection(model, val_reader, chunk=chunk or opts["eval_chunk"], **common)
+    if name == "segmentation":
+        return evaluate_segmentation(model, val_reader, chunk=chunk or opts["eval_chunk"], num_points=opts["eval_points"], **common)
+    fn = {"grounding": evaluate_grounding, "caption": evaluate_caption, "vqa": evaluate_vqa}[name]
+    return fn(model, val_reader, **common)
