@@ -68,9 +68,11 @@ class VisionLLM(nn.Module):
         """Class-slot logits (b, M, Kmax+1) with absent classes at -inf, location logits (b, M, 2N, 1025).
 
         A class slot's logit for <ck> is the head row of <ck> plus a pointer term: the slot's
-        hidden state against the LLM's hidden state at the <ck> of this instruction, which has
-        read the name written before it. A pretrained LLM binds names to tokens in context by
-        itself; a tiny random one learns it far faster with the pointer [ours, docs/design.md].
+        hidden state against what this instruction binds to <ck>: the LLM's hidden state at the
+        <ck> (which has read the name written before it) plus the mean input embedding of the
+        name itself. A pretrained LLM binds names to tokens in context by itself; a small random
+        one does not learn to within a CPU budget, and with the pointer it does [ours,
+        docs/design.md].
         """
         vocab = self.llm.vocab
         Lp = int(valid[idx].sum(1).max())
@@ -81,6 +83,7 @@ class VisionLLM(nn.Module):
         cls_logits = self.llm.logits(hidden[:, :, 0], cls_ids)  # (b, M, Kmax+1)
         positions = (ids[idx, :Lp, None] == cls_ids[None, None, :kmax]).float().argmax(1)  # (b, Kmax)
         ctx = prefix_hidden.gather(1, positions[..., None].expand(-1, -1, prefix_hidden.shape[-1]))  # (b, Kmax, H)
+        ctx = ctx + self._name_embeddings([requests[b].classes for b in idx], kmax)
         pointer = torch.einsum("bmh,bkh->bmk", hidden[:, :, 0], self.class_pointer(ctx))
         cls_logits = torch.cat([cls_logits[..., :kmax] + pointer, cls_logits[..., kmax:]], -1)
         for row, b in enumerate(idx):
@@ -88,6 +91,20 @@ class VisionLLM(nn.Module):
         loc_ids = torch.arange(vocab.loc0, vocab.loc0 + 2 * LOC_HALF + 1, device=v.device)
         loc_logits = self.llm.logits(hidden[:, :, 1:], loc_ids)  # (b, M, 2N, 1025)
         return cls_logits, loc_logits
+
+    def _name_embeddings(self, class_lists: list[list[str]], kmax: int) -> torch.Tensor:
+        """(b, Kmax, H) mean LLM input embedding of each class name's tokens (zeros past K)."""
+        names = sorted({n for names in class_lists for n in names})
+        enc = self.llm.tokenizer(names, add_special_tokens=False, padding=True, return_tensors="pt")
+        device = self.class_pointer.weight.device
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device).float()
+        emb = self.llm.embed(ids).float()  # (U, T, H)
+        mean = (emb * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        row = {n: i for i, n in enumerate(names)}
+        out = mean.new_zeros(len(class_lists), kmax, mean.shape[-1])
+        for b, names_b in enumerate(class_lists):
+            out[b, : len(names_b)] = mean[[row[n] for n in names_b]]
+        return out
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         requests, targets = batch["requests"], batch["targets"]
