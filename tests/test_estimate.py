@@ -44,7 +44,8 @@ def test_coco_r50_sequence(coco):
     q = est["sequence"]
     assert q["classes"] == 80 and "COCO" in q["class_names_from"]
     assert 500 < q["instruction_tokens"] < 1200  # 80 names in a LLaMA-like vocabulary
-    assert q["llm_tokens"] == q["instruction_tokens"] - 1 + 100 + 500
+    # the generalist preset asks for polygons too: its longest format, 24 points, sets the length
+    assert q["llm_tokens"] == q["instruction_tokens"] - 1 + 100 + 100 * (1 + 2 * 24)
     assert q["text_encoder_tokens"] == 512  # BERT's positions; the note says it truncates
     assert any("512" in n for n in est["notes"])
 

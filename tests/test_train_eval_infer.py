@@ -95,6 +95,10 @@ def test_api_any_image_size_and_mode(trained):
             x1, y1, x2, y2 = o["bbox"]
             assert 0 <= x1 <= x2 <= size[0] and 0 <= y1 <= y2 <= size[1]
             assert o["label"] in {"circle", "star", "what is the odd one out?"} and 0 <= o["score"] <= 1
+    poly = model.predict(img, "Outline each {'circle': <c0>} in <image> as (c, x1, y1, ..., x8, y8).", score_threshold=0.0)
+    assert poly["objects"] and all(len(o["polygon"]) == 8 for o in poly["objects"])
+    text = model.predict(img, "Describe <image> briefly.")
+    assert isinstance(text["text"], str) and text["objects"] == []
 
 
 def _run(args, **kw):

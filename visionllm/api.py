@@ -5,6 +5,9 @@
     answer = model.predict("photo.jpg", "Find {'star': <c0>} in <image> as (c, x1, y1, x2, y2) from 0 to 1024.")
     # {"text": "[(<c0>, 12.0, ...)]", "objects": [{"label": "star", "bbox": [x1, y1, x2, y2], "score": 0.93}]}
 
+Polygon requests add "polygon": [[x, y], ...] to each object; text requests (captions,
+questions) answer in "text" with no objects.
+
 Boxes are pixels of the original image, whatever its size or mode (grayscale, RGBA, ...).
 """
 
@@ -18,7 +21,7 @@ from PIL import Image
 from visionllm.data.io import load_image
 from visionllm.data.transforms import collate, letterbox
 from visionllm.engine.checkpoint import load_model
-from visionllm.tasks import detection
+from visionllm.tasks import detection, segmentation
 from visionllm.tasks.instructions import parse_instruction
 
 
@@ -47,6 +50,8 @@ class VisionLLM:
         out = self.model.predict(batch)[0]
         if not request.structured:
             return {"text": out["text"], "objects": []}
-        objects = detection.to_objects(out, request, meta, score_threshold)[:max_objects]
-        text = detection.printed_answer(objects, request, meta)
-        return {"text": text, "objects": [{k: o[k] for k in ("label", "bbox", "score")} for o in objects]}
+        task = segmentation if request.kind == "polygons" else detection
+        objects = task.to_objects(out, request, meta, score_threshold)[:max_objects]
+        text = task.printed_answer(objects, request, meta)
+        keys = ("label", "bbox", "score", "polygon")
+        return {"text": text, "objects": [{k: o[k] for k in keys if k in o} for o in objects]}

@@ -42,7 +42,7 @@ def seed_everything(seed: int) -> None:
 
 def absolutize(cfg: DictConfig) -> None:
     """Paths in the config are relative to where the command was typed."""
-    for key in ("output_dir", "tokenizer_dir", "data.root"):
+    for key in ("output_dir", "tokenizer_dir", "data.root", "data.refer_root", "trainer.init_from"):
         val = OmegaConf.select(cfg, key)
         if val:
             OmegaConf.update(cfg, key, to_absolute_path(str(val)))
@@ -91,7 +91,9 @@ def find_resume(cfg: DictConfig) -> Path | None:
         return None
     if spec != "auto":
         return Path(to_absolute_path(str(spec)))
-    steps = sorted(Path(cfg.output_dir, "checkpoints").glob("step_*"))
+    # only finished checkpoints: a run killed mid-save leaves a step_N.tmp behind
+    steps = sorted(p.parent for p in Path(cfg.output_dir, "checkpoints").glob("step_*/trainer_state.pt")
+                   if p.parent.name.removeprefix("step_").isdigit())
     return steps[-1] if steps else None
 
 
@@ -154,6 +156,10 @@ def train(cfg: DictConfig) -> dict:
         n_all = sum(p.numel() for p in model.parameters())
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info("model: %.2fM parameters, %.2fM trainable", n_all / 1e6, n_train / 1e6)
+    init_from = OmegaConf.select(cfg, "trainer.init_from")
+    if init_from:  # a later stage starts from an earlier stage's weights (METHOD.md §6)
+        load_weights(model, init_from, cfg)
+        log.info("initialised from %s", init_from)
     opt, sched = build_optimizer(model, tc)
 
     step, epoch, batch_in_epoch, history, metrics = 0, 0, 0, [], {}
@@ -189,8 +195,10 @@ def train(cfg: DictConfig) -> dict:
         dataset.set_epoch(epoch)
         sampler = EpochSampler(len(dataset), seed=cfg.seed, epoch=epoch, batch_size=tc.batch_size,
                                rank=dist.rank, world_size=dist.world_size, start=batch_in_epoch)
+        # its own generator: making a loader must not draw from the global RNG that dropout uses,
+        # or a resumed run (one more loader) would drift from an uninterrupted one
         loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
-                            num_workers=tc.num_workers)
+                            num_workers=tc.num_workers, generator=torch.Generator().manual_seed(cfg.seed + epoch))
         for batch in loader:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 losses = net(_to_device(batch, device))

@@ -1,0 +1,57 @@
+"""A run killed with SIGKILL and resumed ends with the same weights as one never interrupted."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from helpers import TINY, tiny_train_cfg
+from visionllm.engine.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ["trainer.max_steps=6", "trainer.checkpoint_every=2", "trainer.eval_every=1000", "trainer.keep_checkpoints=3",
+         "trainer.tensorboard=false"]
+
+
+def test_kill_and_resume_gives_identical_weights(shapes_root, tmp_path):
+    straight = tmp_path / "straight"
+    train(tiny_train_cfg(shapes_root, straight, STEPS))
+
+    killed = tmp_path / "killed"
+    args = ["experiment=shapes_tiny", f"data.root={shapes_root}", f"output_dir={killed}", "trainer.batch_size=2",
+            "trainer.num_workers=0", "trainer.log_every=1", "trainer.warmup_steps=2", "trainer.eval_max_images=4",
+            "trainer.eval_batch_size=4", *TINY, *STEPS]
+    # the same thread count as this process: CPU reductions are deterministic only for a fixed count
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.Popen([sys.executable, "tools/train.py", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = killed / "checkpoints" / "step_0000002" / "trainer_state.pt"
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.exists()
+    # If the run outpaced the kill, forget what came after step 2: resume must start there.
+    for later in sorted((killed / "checkpoints").glob("step_*"))[1:]:
+        for f in later.iterdir():
+            f.unlink()
+        later.rmdir()
+    train(tiny_train_cfg(shapes_root, killed, [*STEPS, "trainer.resume=auto"]))
+
+    a = load_file(str(straight / "checkpoint" / "model.safetensors"))
+    b = load_file(str(killed / "checkpoint" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=0, atol=1e-6), (k, (a[k] - b[k]).abs().max().item())
+    # and training changed them: the comparison is not of two untouched models
+    init = tmp_path / "init"
+    train(tiny_train_cfg(shapes_root, init, ["trainer.max_steps=1", "trainer.eval_every=1000", "trainer.tensorboard=false"]))
+    c = load_file(str(init / "checkpoint" / "model.safetensors"))
+    assert any(not torch.equal(a[k], c[k]) for k in a)
