@@ -137,3 +137,30 @@ def test_eval_command(trained, shapes_root, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert "bbox_AP" in metrics and "bbox_AP50" in metrics
     assert isinstance(json.loads((tmp_path / "detections.json").read_text()), list)
+
+
+def test_all_five_tasks_train_and_evaluate(shapes_root, tmp_path):
+    """One mixture of every task: each task's samples go through one forward/backward, and
+    each evaluator runs on the model."""
+    from hydra.utils import instantiate
+
+    from visionllm.data.transforms import collate
+    from visionllm.engine import tasks
+    from visionllm.engine.train import absolutize, evaluate_all, prepare_tokenizer, tokenizer_corpus
+
+    cfg = tiny_train_cfg(shapes_root, tmp_path, ["task=all"])
+    absolutize(cfg)
+    ds, vocabulary = tasks.training_set(cfg)
+    assert set(ds.names) == set(tasks.TASKS)
+    prepare_tokenizer(cfg, tokenizer_corpus(ds, vocabulary))
+    model = instantiate(cfg.model)
+    batch = collate([ds.sets[name][i] for name in tasks.TASKS for i in range(2)])
+    kinds = {r.kind for r in batch["requests"]}
+    assert kinds == {"boxes", "polygons", "text"}
+    losses = model(batch)
+    assert {"loss_text", "loss_cls", "loss_loc_ce", "loss_tok_obj"} <= set(losses)
+    losses["loss"].backward()
+    readers = {name: tasks.reader(cfg, "val", name) for name in tasks.TASKS}
+    metrics, table = evaluate_all(model, cfg, readers, max_images=2)
+    for key in ["bbox_AP", "segm_AP", "grounding_P@0.5", "caption_CIDEr", "caption_length_error", "vqa_accuracy"]:
+        assert key in metrics, key

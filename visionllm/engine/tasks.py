@@ -8,8 +8,6 @@ the readers.
 
 from __future__ import annotations
 
-from functools import partial
-
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -57,7 +55,7 @@ def _builder(name: str, opts: dict, image_size: int, vocabulary: list[str] | Non
             flip=opts["flip"], num_points_choices=tuple(opts["points"]),
         )
     module = {"grounding": grounding, "caption": caption, "vqa": vqa}[name]
-    return partial(module.training_sample, image_size=image_size)
+    return lambda r, rng: module.training_sample(r, image_size=image_size, rng=rng)
 
 
 def reader(cfg: DictConfig, split: str, name: str):
