@@ -110,8 +110,9 @@ def answer_loss(
             i, j = hungarian(cost)
         target[i] = labels[j]
         offsets = coords[j] - anchors[i].repeat(1, n_coord // 2)
-        out["loss_loc_ce"] = w_ce * location_ce(loc_logits[i], offsets)
-        out["loss_loc_l1"] = w_l1 * F.l1_loss(pred[i], coords[j], reduction="sum")
+        per_coord = 4 / n_coord  # an N-point polygon weighs like a box: losses per 4 coordinates
+        out["loss_loc_ce"] = w_ce * per_coord * location_ce(loc_logits[i], offsets)
+        out["loss_loc_l1"] = w_l1 * per_coord * F.l1_loss(pred[i], coords[j], reduction="sum")
         if is_box:
             giou = generalized_box_iou(_safe_box(pred[i]), coords[j]).diagonal()
             out["loss_loc_giou"] = w_giou * (1 - giou).sum()
