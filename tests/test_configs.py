@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_cfg
 from hydra.utils import instantiate
 
+from helpers import compose_cfg
 from visionllm.engine.train import prepare_tokenizer
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "experiment").glob("*.yaml"))

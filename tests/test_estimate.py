@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import compose_cfg
 
+from helpers import compose_cfg
 from visionllm.engine import estimate as E
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from helpers import tiny_train_cfg
 from hydra.utils import instantiate
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from datasets_prep.shapes.scene import SHAPES
+from helpers import tiny_train_cfg
 from visionllm.engine.adapters import load_lora_adapter, merge_lora, save_lora_adapter
 from visionllm.engine.checkpoint import load_model
 from visionllm.engine.train import train

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_train_cfg
 from PIL import Image
 
+from helpers import tiny_train_cfg
 from visionllm.api import VisionLLM
 from visionllm.engine.checkpoint import load_model
 from visionllm.engine.train import train

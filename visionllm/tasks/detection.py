@@ -12,7 +12,13 @@ import random
 import torch
 
 from visionllm.data.transforms import hflip_objects, letterbox
-from visionllm.tasks.instructions import DEFAULT_RANGE, Request, format_classes, format_slots
+from visionllm.tasks.instructions import (
+    DEFAULT_RANGE,
+    Request,
+    answer_text,
+    format_classes,
+    format_slots,
+)
 
 # Paraphrases; one is drawn per training sample. {classes}, {format}, {range} are filled in.
 TEMPLATES = [
@@ -127,13 +133,8 @@ def to_objects(groups: dict, request: Request, meta: dict, score_threshold: floa
 
 
 def printed_answer(objects: list[dict], request: Request, meta: dict) -> str:
-    """The paper's answer text: coordinates in the instruction's range of the image's width/height."""
-    r, W, H = request.coord_range, meta["width"], meta["height"]
-    items = []
-    for o in objects:
-        x1, y1, x2, y2 = o["bbox"]
-        items.append(f"(<c{o['class_index']}>, {x1 / W * r:.1f}, {y1 / H * r:.1f}, {x2 / W * r:.1f}, {y2 / H * r:.1f})")
-    return "[" + ", ".join(items) + "]"
+    """``[(<c0>, x1, y1, x2, y2), ...]`` in the instruction's range of the image's width/height."""
+    return answer_text(objects, request, meta, [[o["bbox"][:2], o["bbox"][2:]] for o in objects])
 
 
 def to_coco_results(objects: list[dict], image_id: int, name_to_category: dict[str, int]) -> list[dict]:

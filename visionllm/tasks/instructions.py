@@ -103,3 +103,14 @@ def parse_instruction(text: str) -> Request:
         raise InstructionError(f"{n} points exceed the maximum of {MAX_POINTS}")
     kind = "boxes" if n == 2 else "polygons"
     return Request(kind=kind, classes=classes, num_points=n, coord_range=coord_range)
+
+
+def answer_text(objects: list[dict], request: Request, meta: dict, points: list) -> str:
+    """The paper's printed answer ``[(<c0>, x1, y1, ...), ...]``: each object's class token and
+    its points (pixels of the original image) in the instruction's range of width and height."""
+    r, W, H = request.coord_range, meta["width"], meta["height"]
+    items = []
+    for o, pts in zip(objects, points):
+        nums = ", ".join(f"{x / W * r:.1f}, {y / H * r:.1f}" for x, y in pts)
+        items.append(f"(<c{o['class_index']}>, {nums})")
+    return "[" + ", ".join(items) + "]"

@@ -16,7 +16,7 @@ from pycocotools import mask as mask_utils
 
 from visionllm.data.transforms import hflip_objects, letterbox
 from visionllm.tasks.detection import choose_classes
-from visionllm.tasks.instructions import DEFAULT_RANGE, Request, format_classes
+from visionllm.tasks.instructions import DEFAULT_RANGE, Request, answer_text, format_classes
 from visionllm.tasks.polygons import object_polygon
 
 NUM_POINTS_CHOICES = (8, 12, 16, 20, 24)
@@ -166,12 +166,7 @@ def to_objects(groups: dict, request: Request, meta: dict, score_threshold: floa
 
 def printed_answer(objects: list[dict], request: Request, meta: dict) -> str:
     """``[(<c0>, x1, y1, ..., xN, yN), ...]`` in the instruction's range of width/height."""
-    r, W, H = request.coord_range, meta["width"], meta["height"]
-    items = []
-    for o in objects:
-        nums = ", ".join(f"{x / W * r:.1f}, {y / H * r:.1f}" for x, y in o["polygon"])
-        items.append(f"(<c{o['class_index']}>, {nums})")
-    return "[" + ", ".join(items) + "]"
+    return answer_text(objects, request, meta, [o["polygon"] for o in objects])
 
 
 def polygon_rle(polygon: list[list[float]], height: int, width: int) -> dict:
