@@ -20,6 +20,16 @@ from visionllm.modeling.matcher import focal_cost, hungarian
 from visionllm.vocab import LOC_HALF
 
 
+def global_count(n: int, device) -> float:
+    """Objects per process across all processes (DETR's normalizer under DDP): with it, the
+    averaged gradient of N processes equals one process's gradient over the whole batch."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return float(n)
+    t = torch.tensor([float(n)], device=device)
+    torch.distributed.all_reduce(t)
+    return t.item() / torch.distributed.get_world_size()
+
+
 def tokenizer_loss(
     layer_logits: torch.Tensor,  # (D, B, M)
     layer_points: torch.Tensor,  # (D, B, M, 2)
@@ -27,10 +37,12 @@ def tokenizer_loss(
     *,
     w_obj: float = 2.0,
     w_point: float = 5.0,
+    num: float | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Returns the losses and, per image, the last layer's (token, object) assignment."""
+    """Returns the losses and, per image, the last layer's (token, object) assignment.
+    ``num`` normalizes (default: the objects here; under DDP the caller passes the global mean)."""
     D, B, _ = layer_logits.shape
-    num = max(sum(len(c) for c in centers), 1)
+    num = max(num if num is not None else sum(len(c) for c in centers), 1.0)
     obj = point = layer_logits.new_zeros(())
     empty = torch.zeros(0, dtype=torch.long, device=layer_logits.device)
     assignment = [(empty, empty)] * B

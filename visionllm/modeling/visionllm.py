@@ -17,7 +17,7 @@ from visionllm.modeling.decoding import decode_groups, splice_image_tokens
 from visionllm.modeling.deformable import MLP, sine_embed
 from visionllm.modeling.image_tokenizer import ImageTokenizer
 from visionllm.modeling.llm import LLM
-from visionllm.modeling.losses import answer_loss, tokenizer_loss
+from visionllm.modeling.losses import answer_loss, global_count, tokenizer_loss
 from visionllm.vocab import LOC_HALF
 
 
@@ -113,9 +113,12 @@ class VisionLLM(nn.Module):
         rows = [b for b, t in enumerate(targets) if t.get("centers") is not None]
         assignment: dict[int, tuple] = {}
         losses = {}
+        # every process all-reduces its counts on every step (before any branch), so none waits alone
+        tok_norm = global_count(sum(len(targets[b]["centers"]) for b in rows), v.device)
         if rows:
             losses, assigned = tokenizer_loss(
-                toks.layer_logits[:, rows], toks.layer_points[:, rows], [targets[b]["centers"].to(v.device) for b in rows]
+                toks.layer_logits[:, rows], toks.layer_points[:, rows], [targets[b]["centers"].to(v.device) for b in rows],
+                num=tok_norm,
             )
             if self.group_matching == "tokenizer":
                 # group i answers for the object its image token was matched to [ours]
@@ -142,8 +145,9 @@ class VisionLLM(nn.Module):
                 num_objects += n
                 for k, val in parts.items():
                     sums[k] = sums[k] + val
+        norm = max(global_count(num_objects, v.device), 1.0)
         for k, val in sums.items():
-            losses[k] = val / max(num_objects, 1)
+            losses[k] = val / norm
         text_rows = [b for b, r in enumerate(requests) if not r.structured]
         if text_rows:
             losses["loss_text"] = self._text_loss(prefix, valid, text_rows, [targets[b]["text"] for b in text_rows])
