@@ -16,3 +16,24 @@ The sample a task builds (and ``visionllm.data.transforms.collate`` batches)::
 ``VisionLLM.predict`` answers, per sample: structured -> {"labels" (M,), "scores" (M,),
 "points" (M, N, 2) canvas-normalized}; text -> {"text": str}.
 """
+
+
+def sample_meta(record: dict, canvas_scale: float) -> dict:
+    """What every sample carries to map the canvas back to the original image."""
+    return {"image_id": record["image_id"], "width": record["width"], "height": record["height"],
+            "canvas_scale": canvas_scale}
+
+
+def chunked_samples(record: dict, class_names: list[str], *, image_size: int, chunk: int, instruction, request) -> list[dict]:
+    """One evaluation sample per chunk of the class list: class sets longer than an instruction
+    holds are asked in chunks and merged (METHOD.md §7). ``instruction(names) -> str`` and
+    ``request(names) -> Request`` give each chunk its text and format."""
+    from visionllm.data.transforms import letterbox
+
+    canvas, mask, scale = letterbox(record["image"], image_size)
+    out = []
+    for start in range(0, len(class_names), chunk):
+        names = class_names[start : start + chunk]
+        out.append({"image": canvas, "pixel_mask": mask, "instruction": instruction(names),
+                    "request": request(names), "meta": sample_meta(record, scale)})
+    return out

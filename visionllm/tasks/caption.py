@@ -12,6 +12,7 @@ import random
 import re
 
 from visionllm.data.transforms import letterbox
+from visionllm.tasks import sample_meta
 from visionllm.tasks.instructions import Request
 
 BRIEF_MAX_WORDS = 8
@@ -84,10 +85,6 @@ def requested_length(instruction: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _meta(record: dict, scale: float) -> dict:
-    return {"image_id": record["image_id"], "width": record["width"], "height": record["height"], "canvas_scale": scale}
-
-
 def training_sample(record: dict, *, image_size: int, rng: random.Random) -> dict:
     captions = [c for c in record["captions"] if c.strip()]
     if not captions:
@@ -101,7 +98,7 @@ def training_sample(record: dict, *, image_size: int, rng: random.Random) -> dic
         "instruction": make_instruction(kind, n=num_words(caption), rng=rng),
         "request": Request(kind="text"),
         "target": {"text": caption},
-        "meta": _meta(record, scale),
+        "meta": sample_meta(record, scale),
     }
 
 
@@ -116,6 +113,6 @@ def eval_samples(record: dict, *, image_size: int, instruction: str | None = Non
             "pixel_mask": mask,
             "instruction": instruction,
             "request": Request(kind="text"),
-            "meta": {**_meta(record, scale), "requested_length": requested_length(instruction)},
+            "meta": {**sample_meta(record, scale), "requested_length": requested_length(instruction)},
         }
     ]

@@ -12,6 +12,7 @@ import random
 import torch
 
 from visionllm.data.transforms import hflip_objects, letterbox
+from visionllm.tasks import chunked_samples, sample_meta
 from visionllm.tasks.instructions import (
     DEFAULT_RANGE,
     Request,
@@ -94,27 +95,16 @@ def training_sample(
         "instruction": instruction,
         "request": Request(kind="boxes", classes=names, num_points=2),
         "target": boxes_target(objects, names, scale),
-        "meta": {"image_id": record["image_id"], "width": record["width"], "height": record["height"], "canvas_scale": scale},
+        "meta": sample_meta(record, scale),
     }
 
 
 def eval_samples(record: dict, *, class_names: list[str], image_size: int, chunk: int = 32, template: str | None = None) -> list[dict]:
-    """One sample per chunk of the class list: class sets longer than an instruction holds are
-    asked in chunks and merged (METHOD.md §7)."""
-    canvas, mask, scale = letterbox(record["image"], image_size)
-    out = []
-    for start in range(0, len(class_names), chunk):
-        names = class_names[start : start + chunk]
-        out.append(
-            {
-                "image": canvas,
-                "pixel_mask": mask,
-                "instruction": make_instruction(names, template=template or TEMPLATES[0]),
-                "request": Request(kind="boxes", classes=names, num_points=2),
-                "meta": {"image_id": record["image_id"], "width": record["width"], "height": record["height"], "canvas_scale": scale},
-            }
-        )
-    return out
+    return chunked_samples(
+        record, class_names, image_size=image_size, chunk=chunk,
+        instruction=lambda names: make_instruction(names, template=template or TEMPLATES[0]),
+        request=lambda names: Request(kind="boxes", classes=names, num_points=2),
+    )
 
 
 def to_objects(groups: dict, request: Request, meta: dict, score_threshold: float = 0.0) -> list[dict]:

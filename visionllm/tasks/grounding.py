@@ -15,7 +15,7 @@ import random
 import torch
 
 from visionllm.data.transforms import letterbox
-from visionllm.tasks import detection
+from visionllm.tasks import detection, sample_meta
 from visionllm.tasks.instructions import DEFAULT_RANGE, Request, format_classes, format_slots
 
 # {classes}, {format}, {range} are filled in.
@@ -57,10 +57,6 @@ def box_target(bbox_xywh, canvas_scale: float) -> dict:
     return {"labels": torch.zeros(1, dtype=torch.long), "coords": coords, "centers": (coords[:, :2] + coords[:, 2:]) / 2}
 
 
-def _meta(record: dict, scale: float) -> dict:
-    return {"image_id": record["image_id"], "width": record["width"], "height": record["height"], "canvas_scale": scale}
-
-
 def training_sample(record: dict, *, image_size: int, rng: random.Random) -> dict:
     canvas, mask, scale = letterbox(record["image"], image_size)
     names = expression_classes(record["expression"])
@@ -70,14 +66,14 @@ def training_sample(record: dict, *, image_size: int, rng: random.Random) -> dic
         "instruction": make_instruction(record["expression"], rng=rng),
         "request": Request(kind="boxes", classes=names, num_points=2),
         "target": box_target(record["bbox"], scale),
-        "meta": _meta(record, scale),
+        "meta": sample_meta(record, scale),
     }
 
 
 def eval_samples(record: dict, *, image_size: int, template: str | None = None) -> list[dict]:
     """One sample; meta carries the ground truth (``gt_bbox`` xywh) and the ref's ids/split."""
     canvas, mask, scale = letterbox(record["image"], image_size)
-    meta = _meta(record, scale)
+    meta = sample_meta(record, scale)
     meta.update({"gt_bbox": list(record["bbox"]), "expression": record["expression"]})
     meta.update({k: record[k] for k in ("ref_id", "sent_id", "split") if k in record})
     return [

@@ -15,6 +15,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from visionllm.data.transforms import hflip_objects, letterbox
+from visionllm.tasks import chunked_samples, sample_meta
 from visionllm.tasks.detection import choose_classes
 from visionllm.tasks.instructions import DEFAULT_RANGE, Request, answer_text, format_classes
 from visionllm.tasks.polygons import object_polygon
@@ -88,10 +89,6 @@ def polygons_target(objects: list[dict], class_names: list[str], canvas_scale: f
     return target, skipped
 
 
-def _meta(record: dict, scale: float) -> dict:
-    return {"image_id": record["image_id"], "width": record["width"], "height": record["height"], "canvas_scale": scale}
-
-
 def training_sample(
     record: dict,
     *,
@@ -117,7 +114,7 @@ def training_sample(
         "instruction": make_instruction(names, n, rng=rng),
         "request": Request(kind="polygons", classes=names, num_points=n),
         "target": target,
-        "meta": {**_meta(record, scale), "skipped_objects": skipped},
+        "meta": {**sample_meta(record, scale), "skipped_objects": skipped},
     }
 
 
@@ -131,20 +128,11 @@ def eval_samples(
     template: str | None = None,
 ) -> list[dict]:
     """One sample per chunk of the class list (METHOD.md §7), all asking for ``num_points``."""
-    canvas, mask, scale = letterbox(record["image"], image_size)
-    out = []
-    for start in range(0, len(class_names), chunk):
-        names = class_names[start : start + chunk]
-        out.append(
-            {
-                "image": canvas,
-                "pixel_mask": mask,
-                "instruction": make_instruction(names, num_points, template=template or TEMPLATES[0]),
-                "request": Request(kind="polygons", classes=names, num_points=num_points),
-                "meta": _meta(record, scale),
-            }
-        )
-    return out
+    return chunked_samples(
+        record, class_names, image_size=image_size, chunk=chunk,
+        instruction=lambda names: make_instruction(names, num_points, template=template or TEMPLATES[0]),
+        request=lambda names: Request(kind="polygons", classes=names, num_points=num_points),
+    )
 
 
 def to_objects(groups: dict, request: Request, meta: dict, score_threshold: float = 0.0) -> list[dict]:

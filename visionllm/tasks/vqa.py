@@ -14,6 +14,7 @@ import re
 
 from visionllm.data.llava import IMAGE_TOKEN
 from visionllm.data.transforms import letterbox
+from visionllm.tasks import sample_meta
 from visionllm.tasks.instructions import Request
 
 SHORT_ANSWER_WORDS = 3
@@ -54,10 +55,6 @@ def question_text(pairs: list[tuple[str, str]], t: int) -> str:
     return _one_image("\n".join(lines), first)
 
 
-def _meta(record: dict, scale: float) -> dict:
-    return {"image_id": record["image_id"], "width": record["width"], "height": record["height"], "canvas_scale": scale}
-
-
 def training_sample(record: dict, *, image_size: int, rng: random.Random) -> dict:
     pairs = turns(record)
     if not pairs:
@@ -70,7 +67,7 @@ def training_sample(record: dict, *, image_size: int, rng: random.Random) -> dic
         "instruction": question_text(pairs, t),
         "request": Request(kind="text"),
         "target": {"text": pairs[t][1].strip()},
-        "meta": _meta(record, scale),
+        "meta": sample_meta(record, scale),
     }
 
 
@@ -80,7 +77,7 @@ def eval_samples(record: dict, *, image_size: int) -> list[dict]:
     canvas, mask, scale = letterbox(record["image"], image_size)
     pairs, out = turns(record), []
     for t, (q, a) in enumerate(pairs):
-        meta = _meta(record, scale)
+        meta = sample_meta(record, scale)
         meta.update(
             {"question_id": f"{record['image_id']}/{t}", "turn": t, "question": q.replace(IMAGE_TOKEN, "").strip(), "answer": a.strip()}
         )
