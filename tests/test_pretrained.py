@@ -190,3 +190,19 @@ def test_planner_reads_pretrained_directories(shapes_root, weights, tmp_path):
     assert est["params_total"] == sum(p.numel() for p in model.parameters())
     assert est["params_trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert est["sequence"]["counted"] == "counted with the model's tokenizer"
+
+
+def test_adapter_from_a_gathered_state_dict_is_the_same(trained, weights, tmp_path):
+    """FSDP checkpoints write the adapter from a full state dict gathered to rank 0 (the live
+    model is sharded); the files are the same as from the live model."""
+    from safetensors.torch import load_file
+
+    model, _ = load_model(trained)
+    live = save_lora_adapter(model, tmp_path / "live", weights["llama_dir"])
+    full = {k.removeprefix("llm.model."): v for k, v in model.state_dict().items() if k.startswith("llm.model.")}
+    gathered = save_lora_adapter(model, tmp_path / "gathered", weights["llama_dir"], state_dict=full)
+    a, b = load_file(str(live / "adapter_model.safetensors")), load_file(str(gathered / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (live / "adapter_config.json").read_text() == (gathered / "adapter_config.json").read_text()

@@ -164,3 +164,45 @@ def test_all_five_tasks_train_and_evaluate(shapes_root, tmp_path):
     metrics, table = evaluate_all(model, cfg, readers, max_images=2)
     for key in ["bbox_AP", "segm_AP", "grounding_P@0.5", "caption_CIDEr", "caption_length_error", "vqa_accuracy"]:
         assert key in metrics, key
+
+
+def _tiny_model_and_sets(shapes_root, tmp_path, extra=()):
+    from hydra.utils import instantiate
+
+    from visionllm.engine import tasks
+    from visionllm.engine.train import absolutize, prepare_tokenizer, tokenizer_corpus
+
+    cfg = tiny_train_cfg(shapes_root, tmp_path, ["task=all", *extra])
+    absolutize(cfg)
+    ds, vocabulary = tasks.training_set(cfg)
+    prepare_tokenizer(cfg, tokenizer_corpus(ds, vocabulary))
+    torch.manual_seed(0)
+    return instantiate(cfg.model), ds
+
+
+@pytest.mark.parametrize("only", [["caption", "vqa"], ["detection"], ["grounding", "segmentation"]])
+def test_every_trainable_tensor_gets_a_gradient_whatever_the_batch(shapes_root, tmp_path, only):
+    """FSDP reduce-scatters the same gradients on every rank, so no batch may leave a trainable
+    tensor without one (text-only batches, box-only batches)."""
+    from visionllm.data.transforms import collate
+
+    model, ds = _tiny_model_and_sets(shapes_root, tmp_path)
+    batch = collate([ds.sets[name][i] for name in only for i in range(2)])
+    model(batch)["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing[:10]
+
+
+def test_deformable_checkpointing_gives_the_same_gradients(shapes_root, tmp_path):
+    from visionllm.data.transforms import collate
+
+    grads = []
+    for on in (False, True):
+        model, ds = _tiny_model_and_sets(shapes_root, tmp_path, [f"model.image_tokenizer.checkpointing={on}"])
+        assert model.image_tokenizer.checkpointing is on
+        batch = collate([ds.sets[name][i] for name in ("detection", "caption") for i in range(2)])
+        model(batch)["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n, g in grads[0].items():
+        torch.testing.assert_close(grads[1][n], g, rtol=1e-4, atol=1e-6, msg=n)

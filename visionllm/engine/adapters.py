@@ -37,10 +37,12 @@ def _trained_rows(peft_model) -> dict[str, tuple[list[int], torch.Tensor]]:
     return out
 
 
-def save_lora_adapter(model, out_dir: str | Path, base_dir: str | Path | None = None) -> Path:
+def save_lora_adapter(model, out_dir: str | Path, base_dir: str | Path | None = None, *,
+                      state_dict: dict | None = None) -> Path:
     """Write the LLM's adapter of ``model`` (a VisionLLM) into ``out_dir`` in peft's format:
     ``adapter_config.json`` (``base_model_name_or_path`` = ``base_dir``), ``adapter_model.safetensors``
-    and the tokenizer with the VisionLLM tokens."""
+    and the tokenizer with the VisionLLM tokens. ``state_dict``: the peft model's full state
+    dict when it was gathered elsewhere (FSDP shards the live one)."""
     peft_model = model.llm.model
     trained_base = [n for n, p in peft_model.named_parameters()
                     if p.requires_grad and "lora_" not in n and "trainable_tokens_delta" not in n]
@@ -54,7 +56,8 @@ def save_lora_adapter(model, out_dir: str | Path, base_dir: str | Path | None = 
     if base_dir is not None:
         cfg.base_model_name_or_path = str(Path(base_dir).resolve())
     try:
-        peft_model.save_pretrained(str(out_dir), save_embedding_layers=False)
+        extra = {} if state_dict is None else {"state_dict": state_dict}
+        peft_model.save_pretrained(str(out_dir), save_embedding_layers=False, **extra)
     finally:
         cfg.base_model_name_or_path = previous
     model.llm.tokenizer.save_pretrained(str(out_dir))

@@ -30,11 +30,12 @@ WEIGHTS = "model.safetensors"
 TRAINER_STATE = "trainer_state.pt"
 
 
-def saved_state(model: torch.nn.Module, *, llm_pretrained: bool) -> dict[str, torch.Tensor]:
-    """Trainable tensors and buffers; the frozen base of a pretrained LLM is left to its own directory."""
+def saved_state(model: torch.nn.Module, *, llm_pretrained: bool, full_state: dict | None = None) -> dict[str, torch.Tensor]:
+    """Trainable tensors and buffers; the frozen base of a pretrained LLM is left to its own directory.
+    ``full_state``: the model's state dict when it was gathered elsewhere (FSDP)."""
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     state = {}
-    for name, t in model.state_dict().items():
+    for name, t in (full_state if full_state is not None else model.state_dict()).items():
         frozen_llm_base = name.startswith("llm.model.") and name not in trainable
         if llm_pretrained and frozen_llm_base:
             continue
@@ -43,7 +44,8 @@ def saved_state(model: torch.nn.Module, *, llm_pretrained: bool) -> dict[str, to
 
 
 def save_checkpoint(
-    model, cfg: DictConfig, out_dir: str | Path, *, state: dict | None = None, trainer_state: dict | None = None
+    model, cfg: DictConfig, out_dir: str | Path, *, state: dict | None = None, trainer_state: dict | None = None,
+    full_state: dict | None = None,
 ) -> Path:
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -51,7 +53,7 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     llm_pretrained = bool(OmegaConf.select(cfg, "model.llm.pretrained"))
-    tensors = saved_state(model, llm_pretrained=llm_pretrained)
+    tensors = saved_state(model, llm_pretrained=llm_pretrained, full_state=full_state)
     # safetensors refuses tensors that share memory; clone the rare aliases (tied weights)
     seen, unique = set(), {}
     for k, v in tensors.items():
@@ -69,7 +71,9 @@ def save_checkpoint(
         # the LoRA adapter in peft's own format too, for tools that know peft and not us
         from visionllm.engine.adapters import save_lora_adapter
 
-        save_lora_adapter(model, tmp / "adapter", cfg.model.llm.pretrained)
+        llm_state = None if full_state is None else {
+            k.removeprefix("llm.model."): v for k, v in full_state.items() if k.startswith("llm.model.")}
+        save_lora_adapter(model, tmp / "adapter", cfg.model.llm.pretrained, state_dict=llm_state)
     (tmp / "state.json").write_text(json.dumps(state or {}, indent=2))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER_STATE)
@@ -102,6 +106,8 @@ def load_weights(model, ckpt_dir: str | Path, cfg: DictConfig) -> None:
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt_dir} has no {WEIGHTS}")
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    # a batch norm's step counter has no place in a frozen one (a stage trained with frozen_bn)
+    unexpected = [k for k in unexpected if not k.endswith("num_batches_tracked")]
     if unexpected:
         raise ValueError(f"checkpoint {ckpt_dir} holds weights this model does not have: {unexpected[:5]}")
     llm_pretrained = bool(OmegaConf.select(cfg, "model.llm.pretrained"))

@@ -3,7 +3,7 @@
 AdamW with warmup + cosine, gradient clipping and accumulation, bf16 autocast, a progress bar
 (loss, lr, samples/s, ETA), TensorBoard scalars, periodic evaluation of every task in
 ``cfg.task.eval``, atomic checkpoints that resume exactly (model, optimizer, schedule, step,
-data position, RNG), and DDP under ``torchrun`` (METHOD.md §6).
+data position, RNG), and DDP or FSDP under ``torchrun`` (``trainer.strategy``, METHOD.md §6).
 """
 
 from __future__ import annotations
@@ -26,7 +26,18 @@ from visionllm.cli import pick_device
 from visionllm.data.transforms import collate
 from visionllm.engine import tasks
 from visionllm.engine.checkpoint import load_trainer_state, load_weights, save_checkpoint
-from visionllm.engine.distributed import EpochSampler, barrier, init_distributed, mean_across
+from visionllm.engine.distributed import (
+    STRATEGIES,
+    EpochSampler,
+    barrier,
+    full_model_state,
+    init_distributed,
+    load_optimizer_state,
+    local_value,
+    mean_across,
+    optimizer_state,
+    wrap_model,
+)
 from visionllm.engine.optim import build_optimizer
 from visionllm.text_tokenizer import train_text_tokenizer
 
@@ -114,10 +125,10 @@ def evaluate_all(model, cfg: DictConfig, readers: dict, *, max_images=None, prog
     return metrics, "\n".join(tables)
 
 
-def _save(model, cfg, out: Path, step: int, metrics: dict, trainer_state: dict, keep: int) -> None:
+def _save(model, cfg, out: Path, step: int, metrics: dict, trainer_state: dict, keep: int, *, full_state=None) -> None:
     ckpts = out / "checkpoints"
     path = save_checkpoint(model, cfg, ckpts / f"step_{step:07d}", state={"step": step, "metrics": metrics},
-                           trainer_state=trainer_state)
+                           trainer_state=trainer_state, full_state=full_state)
     for old in sorted(ckpts.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     # out/checkpoint is what eval and infer take: the newest, replaced atomically
@@ -137,8 +148,9 @@ def train(cfg: DictConfig) -> dict:
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     strategy = OmegaConf.select(cfg, "trainer.strategy", default="ddp")
-    if strategy != "ddp":
-        raise ValueError(f"trainer.strategy={strategy} is not available yet; use ddp")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"trainer.strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+    sharded = dist.enabled and strategy == "fsdp"
     out = Path(cfg.output_dir)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +161,8 @@ def train(cfg: DictConfig) -> dict:
     if dist.is_main:
         prepare_tokenizer(cfg, tokenizer_corpus(dataset, vocabulary))
     barrier(dist)
-    val_readers = {name: tasks.reader(cfg, "val", name) for name in cfg.task.eval} if dist.is_main else {}
+    # under FSDP every rank evaluates in step (the shards gather together); otherwise rank 0 alone
+    val_readers = {name: tasks.reader(cfg, "val", name) for name in cfg.task.eval} if dist.is_main or sharded else {}
     model = instantiate(cfg.model).to(device)
     model.train()
     if dist.is_main:
@@ -160,14 +173,20 @@ def train(cfg: DictConfig) -> dict:
     if init_from:  # a later stage starts from an earlier stage's weights (METHOD.md §6)
         load_weights(model, init_from, cfg)
         log.info("initialised from %s", init_from)
-    opt, sched = build_optimizer(model, tc)
 
     step, epoch, batch_in_epoch, history, metrics = 0, 0, 0, [], {}
     resume = find_resume(cfg)
+    st = None
     if resume is not None:
         load_weights(model, resume, cfg)
         st = load_trainer_state(resume)
-        opt.load_state_dict(st["optimizer"])
+        if bool(st.get("sharded")) != sharded:  # the optimizer states are keyed differently
+            writer_kind = "an FSDP run" if st.get("sharded") else "a DDP or one-process run"
+            raise ValueError(f"{resume} was written by {writer_kind}: resume it with the trainer.strategy that wrote it")
+    net = wrap_model(model, strategy, device, dist)  # before the optimizer: FSDP swaps the parameters
+    opt, sched = build_optimizer(model, tc)
+    if st is not None:
+        load_optimizer_state(model, opt, st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         step, epoch, batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
         _set_rng_state(st["rng"])
@@ -175,11 +194,6 @@ def train(cfg: DictConfig) -> dict:
         history = [h for h in json.loads(hist.read_text()) if h["step"] <= step] if hist.is_file() else []
         log.info("resumed from %s at step %d (epoch %d, batch %d)", resume, step, epoch, batch_in_epoch)
 
-    net = model
-    if dist.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
-        )
     writer = None
     if dist.is_main and OmegaConf.select(cfg, "trainer.tensorboard", default=True):
         from torch.utils.tensorboard import SummaryWriter
@@ -211,7 +225,7 @@ def train(cfg: DictConfig) -> dict:
             micro += 1
             if micro % accumulate:
                 continue
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            grad_norm = local_value(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -220,7 +234,7 @@ def train(cfg: DictConfig) -> dict:
             if step % tc.log_every == 0 or step == tc.max_steps:
                 rate = seen / (time.time() - t0)
                 rec = {"step": step, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm), "samples_per_s": rate}
-                rec.update({k: round(mean_across(v.item(), dist), 5) for k, v in losses.items()})
+                rec.update({k: round(v, 5) for k, v in mean_across({k: v.item() for k, v in losses.items()}, dist).items()})
                 history.append(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.1e}", sps=f"{rate:.1f}")
                 if writer:
@@ -228,18 +242,24 @@ def train(cfg: DictConfig) -> dict:
                         if k != "step":
                             writer.add_scalar(f"train/{k}", v, step)
             last = step == tc.max_steps
-            if (step % tc.eval_every == 0 or last) and dist.is_main and val_readers:
+            if (step % tc.eval_every == 0 or last) and val_readers:
                 metrics, _ = evaluate_all(model, cfg, val_readers, max_images=tc.eval_max_images)
+            if (step % tc.eval_every == 0 or last) and dist.is_main and val_readers:
                 bar.write(f"step {step}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in HEADLINE if k in metrics))
                 history.append({"step": step, **metrics})
                 if writer:
                     for k, v in metrics.items():
                         writer.add_scalar(f"eval/{k}", v, step)
-            if (step % tc.checkpoint_every == 0 or last) and dist.is_main:
-                state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict(), "rng": _rng_state()}
-                _save(model, cfg, out, step, metrics, state, keep)
-                (out / "history.json").write_text(json.dumps(history, indent=1))
+            if step % tc.checkpoint_every == 0 or last:
+                # gathered on every rank under FSDP (a collective), written by rank 0
+                full_state = full_model_state(model) if sharded else None
+                opt_state = optimizer_state(model, opt)
+                if dist.is_main:
+                    state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "optimizer": opt_state,
+                             "scheduler": sched.state_dict(), "rng": _rng_state(), "sharded": sharded,
+                             "world_size": dist.world_size}
+                    _save(model, cfg, out, step, metrics, state, keep, full_state=full_state)
+                    (out / "history.json").write_text(json.dumps(history, indent=1))
             barrier(dist)
             if step >= tc.max_steps:
                 break

@@ -1,6 +1,20 @@
 """Multi-scale backbone (METHOD.md §3): a ``timm`` model with ``features_only`` gives strides
 8, 16, 32; one extra stride-2 conv on the last gives stride 64. Each scale is projected to the
 deformable transformer's width, as in Deformable DETR's input projections.
+
+``frozen_bn``: batch norms become frozen ones (fixed statistics and affine), as DETR and
+Deformable DETR do with their pretrained ResNet-50: at one image per GPU, batch statistics are
+noise, and a frozen norm makes a sample's features independent of the rest of its batch (so N
+processes and one process see the same numbers). A ``frozen`` backbone always freezes them too:
+its statistics must not drift while its weights stand still.
+
+``color_skip`` [ours]: the image itself, average-pooled to each level's grid (3 channels), is
+concatenated to that level's features before its projection. A random backbone trained by box
+and class losses learns to ignore colour (shape is what those losses ask for); on the shapes
+data, a linear probe on the image tokens of such a model read the shape of an object (0.77
+accuracy) but not its colour (R² 0.04), which left colour questions, coloured referring
+expressions and colour words in captions out of reach. A pretrained backbone keeps colour by
+itself, so the R50 preset leaves this off.
 """
 
 from __future__ import annotations
@@ -9,6 +23,7 @@ from pathlib import Path
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -25,6 +40,8 @@ class Backbone(nn.Module):
         num_levels: int = 4,
         checkpoint: str | None = None,
         frozen: bool = False,
+        frozen_bn: bool = False,
+        color_skip: bool = False,
     ):
         super().__init__()
         if num_levels not in (3, 4):
@@ -32,7 +49,8 @@ class Backbone(nn.Module):
         self.body = timm.create_model(name, pretrained=False, features_only=True, out_indices=(-3, -2, -1))
         if checkpoint:
             self.load_checkpoint(checkpoint)
-        channels = self.body.feature_info.channels()
+        self.color_skip = color_skip
+        channels = [c + 3 * color_skip for c in self.body.feature_info.channels()]
         self.strides = list(self.body.feature_info.reduction())
         proj = [nn.Sequential(nn.Conv2d(c, d_model, 1), _group_norm(d_model)) for c in channels]
         if num_levels == 4:
@@ -41,6 +59,9 @@ class Backbone(nn.Module):
         self.input_proj = nn.ModuleList(proj)
         self.d_model = d_model
         self.num_levels = num_levels
+        if frozen or frozen_bn:
+            # after the checkpoint: the frozen norms take its running statistics
+            self.body = timm.layers.freeze_batch_norm_2d(self.body)
         if frozen:
             self.body.requires_grad_(False)
 
@@ -63,6 +84,8 @@ class Backbone(nn.Module):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images (B, 3, H, W) normalized -> list of num_levels maps (B, d_model, H_l, W_l)."""
         feats = self.body(images)
+        if self.color_skip:
+            feats = [torch.cat([f, F.adaptive_avg_pool2d(images, f.shape[-2:])], 1) for f in feats]
         outs = [proj(f) for proj, f in zip(self.input_proj, feats)]
         if self.num_levels == 4:
             outs.append(self.input_proj[3](feats[-1]))

@@ -4,6 +4,10 @@ backbone (4 scales) + BERT -> deformable encoder with text fusion -> deformable 
 M learnable queries and iterative reference-point refinement -> M image tokens, each an
 embedding e_i and a location l_i (the refined reference centre, normalized to the canvas).
 Every decoder layer also predicts a class-agnostic objectness logit for the tokenizer loss.
+
+``checkpointing``: in training, each encoder and decoder layer keeps only its inputs and
+recomputes its activations in the backward pass (``torch.utils.checkpoint``, non-reentrant),
+trading one more forward for the memory of every layer's attention and FFN activations.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from visionllm.modeling.backbone import Backbone
 from visionllm.modeling.deformable import (
@@ -48,8 +53,10 @@ class ImageTokenizer(nn.Module):
         n_points: int = 4,
         d_ffn: int = 1024,
         dropout: float = 0.1,
+        checkpointing: bool = False,
     ):
         super().__init__()
+        self.checkpointing = checkpointing
         self.backbone = backbone
         self.text_encoder = text_encoder
         d = backbone.d_model  # sizes come from the built modules
@@ -89,6 +96,11 @@ class ImageTokenizer(nn.Module):
         cat = lambda xs: torch.cat(xs, 1)
         return cat(srcs), cat(masks), cat(poss), cat(refs), spatial_shapes, start
 
+    def _run(self, layer: nn.Module, *args):
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
     def forward(
         self,
         images: torch.Tensor,  # (B, 3, S, S) normalized
@@ -100,7 +112,7 @@ class ImageTokenizer(nn.Module):
         # Encoder queries sit at their own pixel centres: all levels share the square canvas.
         src, pad, pos, enc_ref, shapes, start = self._flatten(self.backbone(images), pixel_mask)
         for layer in self.encoder:
-            src = layer(src, pos, enc_ref, shapes, start, pad, text, text_pad)
+            src = self._run(layer, src, pos, enc_ref, shapes, start, pad, text, text_pad)
         memory = src
 
         B = images.shape[0]
@@ -110,7 +122,7 @@ class ImageTokenizer(nn.Module):
         ref = self.ref_point(query_pos).sigmoid()  # (B, M, 2)
         logits, points = [], []
         for layer, point_head, obj_head in zip(self.decoder, self.point_heads, self.obj_heads):
-            tgt = layer(tgt, query_pos, ref, memory, shapes, start, pad)
+            tgt = self._run(layer, tgt, query_pos, ref, memory, shapes, start, pad)
             new_ref = (inverse_sigmoid(ref) + point_head(tgt)).sigmoid()
             logits.append(obj_head(tgt).squeeze(-1))
             points.append(new_ref)

@@ -22,6 +22,7 @@ class TextEncoder(nn.Module):
         num_layers: int = 2,
         num_heads: int = 4,
         max_length: int = 256,
+        dropout: float = 0.1,
     ):
         super().__init__()
         self.tokenizer = tokenizer
@@ -29,7 +30,8 @@ class TextEncoder(nn.Module):
             p = Path(pretrained)
             if not (p / "config.json").is_file():
                 raise FileNotFoundError(f"BERT directory {p} has no config.json")
-            self.bert = BertModel.from_pretrained(str(p), add_pooling_layer=False)
+            self.bert = BertModel.from_pretrained(str(p), add_pooling_layer=False, hidden_dropout_prob=dropout,
+                                                  attention_probs_dropout_prob=dropout)
         else:
             cfg = BertConfig(
                 vocab_size=len(tokenizer),
@@ -39,6 +41,8 @@ class TextEncoder(nn.Module):
                 num_attention_heads=num_heads,
                 intermediate_size=hidden_size * 4,
                 max_position_embeddings=max_length,
+                hidden_dropout_prob=dropout,
+                attention_probs_dropout_prob=dropout,
             )
             self.bert = BertModel(cfg, add_pooling_layer=False)
         self.max_length = self.bert.config.max_position_embeddings

@@ -18,7 +18,10 @@ from visionllm.modeling.deformable import MLP, sine_embed
 from visionllm.modeling.image_tokenizer import ImageTokenizer
 from visionllm.modeling.llm import LLM
 from visionllm.modeling.losses import answer_loss, global_count, tokenizer_loss
+from visionllm.tasks.instructions import Request
 from visionllm.vocab import LOC_HALF
+
+TEXT_PASS = 10**6  # the text pass's key among the structured passes' point counts, sorted last
 
 
 class VisionLLM(nn.Module):
@@ -46,6 +49,7 @@ class VisionLLM(nn.Module):
             raise ValueError(f"group_matching must be 'tokenizer' or 'hungarian', not {group_matching!r}")
         self.group_matching = group_matching
         self.loss_weights = dict(loss_weights or {})
+        self.lockstep = False  # set under FSDP (engine.distributed.wrap_model): same LLM passes on every rank
 
     @property
     def num_queries(self) -> int:
@@ -124,44 +128,91 @@ class VisionLLM(nn.Module):
                 # group i answers for the object its image token was matched to [ours]
                 assignment = dict(zip(rows, assigned))
         prefix, valid, ids = splice_image_tokens(self.llm, batch["instructions"], v)
+        groups = self._structured_groups(requests)
+        text_rows = [b for b, r in enumerate(requests) if not r.structured]
+        answers = [self._answer_ids(targets[b]["text"]) for b in text_rows]
+        # Counts over all processes, taken before any LLM pass: under FSDP a pass is a series of
+        # collectives too, and every rank must issue the same collectives in the same order.
+        norm = max(global_count(sum(len(targets[b]["labels"]) for idx in groups.values() for b in idx), v.device), 1.0)
+        text_norm = max(global_count(sum(len(a) for a in answers), v.device), 1.0)
+        kinds = sorted(groups) + ([TEXT_PASS] if text_rows else [])
         sums: dict[str, torch.Tensor] = defaultdict(lambda: v.new_zeros(()))
-        num_objects = 0
-        for n_pts, idx in self._structured_groups(requests).items():
-            cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, idx, n_pts, requests)
-            for row, b in enumerate(idx):
-                K = len(requests[b].classes)
-                keep = torch.cat([torch.arange(K), torch.tensor([cls_logits.shape[-1] - 1])]).to(v.device)
-                t = targets[b]
-                parts, n = answer_loss(
-                    cls_logits[row][:, keep],
-                    loc_logits[row],
-                    anchors[b],
-                    t["labels"].to(v.device),
-                    t["coords"].to(v.device),
-                    is_box=n_pts == 2,
-                    assignment=assignment.get(b),
-                    none_weight=self.none_weight,
-                )
-                num_objects += n
-                for k, val in parts.items():
-                    sums[k] = sums[k] + val
-        norm = max(global_count(num_objects, v.device), 1.0)
+        idle = v.new_zeros(())
+        for kind in self._pass_order(kinds):
+            if kind == TEXT_PASS and text_rows:
+                losses["loss_text"] = self._text_loss(prefix, valid, text_rows, answers) / text_norm
+            elif kind in groups:
+                self._structured_losses(sums, prefix, valid, ids, v, anchors, groups[kind], kind, requests, targets,
+                                        assignment)
+            else:  # a pass another rank needs and this batch does not: it counts zero
+                idle = idle + self._idle_pass(prefix, valid, ids, v, kind)
         for k, val in sums.items():
             losses[k] = val / norm
-        text_rows = [b for b, r in enumerate(requests) if not r.structured]
-        if text_rows:
-            losses["loss_text"] = self._text_loss(prefix, valid, text_rows, [targets[b]["text"] for b in text_rows])
+        # Every trainable tensor takes part in every step, whatever the batch holds: FSDP
+        # reduce-scatters the same gradients on every rank, so a part this batch left unused
+        # (the tokenizer's heads without boxes, the class pointer without structured rows)
+        # gets an exact zero rather than no gradient at all.
+        if not rows:
+            losses["loss_tok_obj"] = 0.0 * (toks.layer_logits.sum() + toks.layer_points.sum())
+        if not sums:
+            losses["loss_cls"] = 0.0 * self.class_pointer.weight.sum()
+        if self.lockstep:
+            losses["loss_cls"] = losses["loss_cls"] + idle
         for k in list(losses):
             losses[k] = losses[k] * self.loss_weights.get(k, 1.0)
         losses["loss"] = sum(losses.values())
         return losses
 
-    def _text_loss(self, prefix, valid, rows: list[int], answers: list[str]) -> torch.Tensor:
-        """Next-token cross-entropy on the answer after the <bos> query (and on its end token)."""
-        tok, vocab = self.llm.tokenizer, self.llm.vocab
+    def _structured_losses(self, sums, prefix, valid, ids, v, anchors, idx, n_pts, requests, targets, assignment):
+        """One LLM pass for the rows of ``idx`` (all asking for ``n_pts`` points); adds their
+        summed box/polygon/class losses into ``sums``."""
+        cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, idx, n_pts, requests)
+        for row, b in enumerate(idx):
+            K = len(requests[b].classes)
+            keep = torch.cat([torch.arange(K), torch.tensor([cls_logits.shape[-1] - 1])]).to(v.device)
+            t = targets[b]
+            parts, _ = answer_loss(
+                cls_logits[row][:, keep],
+                loc_logits[row],
+                anchors[b],
+                t["labels"].to(v.device),
+                t["coords"].to(v.device),
+                is_box=n_pts == 2,
+                assignment=assignment.get(b),
+                none_weight=self.none_weight,
+            )
+            for k, val in parts.items():
+                sums[k] = sums[k] + val
+
+    def _pass_order(self, kinds: list[int]) -> list[int]:
+        """The LLM passes this step makes: this batch's own (one per point count, then text), or
+        under FSDP (``lockstep``) the union over all ranks, in one order everywhere, since each
+        pass gathers every layer's shards from all ranks."""
+        if not self.lockstep:
+            return kinds
+        everyone: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, kinds)
+        return sorted({k for ks in everyone for k in ks})
+
+    def _idle_pass(self, prefix, valid, ids, v, kind: int) -> torch.Tensor:
+        """A pass of ``kind`` on the first sample with a stand-in request, times zero."""
+        if kind == TEXT_PASS:
+            return 0.0 * self._text_loss(prefix, valid, [0], [[self.llm.tokenizer.eos_token_id]])
+        stand_in = {0: Request(kind="boxes" if kind == 2 else "polygons", classes=["object"], num_points=kind)}
+        cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, [0], kind, stand_in)
+        return 0.0 * (cls_logits.sum() + loc_logits.sum())
+
+    def _answer_ids(self, text: str) -> list[int]:
+        """Token ids of an answer, ending with the end token (which is learned too)."""
+        tok = self.llm.tokenizer
+        return tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+    def _text_loss(self, prefix, valid, rows: list[int], answers: list[list[int]]) -> torch.Tensor:
+        """Summed next-token cross-entropy on each answer after the <bos> query; the caller
+        divides by the answer tokens of all processes (as the box losses divide by objects)."""
+        vocab = self.llm.vocab
         seqs, label_rows = [], []
-        for b, text in zip(rows, answers):
-            ans = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        for b, ans in zip(rows, answers):
             n = int(valid[b].sum())
             emb = torch.cat([prefix[b, :n], self.llm.embed(torch.tensor([vocab.bos] + ans[:-1], device=prefix.device))])
             seqs.append(emb)
@@ -176,7 +227,7 @@ class VisionLLM(nn.Module):
         hidden = self.llm.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
         picked = torch.cat([hidden[i, n : n + len(ans)] for i, (n, ans) in enumerate(label_rows)])
         labels = torch.tensor([t for _, ans in label_rows for t in ans], device=prefix.device)
-        return torch.nn.functional.cross_entropy(self.llm.logits(picked), labels)
+        return torch.nn.functional.cross_entropy(self.llm.logits(picked), labels, reduction="sum")
 
     @torch.no_grad()
     def predict(self, batch: dict, *, max_new_tokens: int = 64) -> list[dict]:
