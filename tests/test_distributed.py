@@ -47,12 +47,12 @@ SAME = ["task=all", "task.eval=[detection,caption]", "model.backbone.frozen_bn=t
 
 @pytest.mark.slow
 def test_one_process_and_two_give_the_same_losses(shapes_root, tmp_path):
-    """Global batch 4: one process of 4, DDP 2 x 2, FSDP 2 x 2 — the five tasks mixed, so the
+    """Global batch 8: one process of 8, DDP 2 x 4, FSDP 2 x 4 — the five tasks mixed, so the
     losses' normalizers (objects, answer tokens) must be global for the numbers to agree."""
     runs = {
-        "one": _train(shapes_root, tmp_path / "one", nproc=1, batch=4, extra=SAME),
-        "ddp": _train(shapes_root, tmp_path / "ddp", nproc=2, batch=2, extra=SAME),
-        "fsdp": _train(shapes_root, tmp_path / "fsdp", nproc=2, batch=2, extra=[*SAME, "trainer.strategy=fsdp"]),
+        "one": _train(shapes_root, tmp_path / "one", nproc=1, batch=8, extra=SAME),
+        "ddp": _train(shapes_root, tmp_path / "ddp", nproc=2, batch=4, extra=SAME),
+        "fsdp": _train(shapes_root, tmp_path / "fsdp", nproc=2, batch=4, extra=[*SAME, "trainer.strategy=fsdp"]),
     }
     losses = {name: [h for h in hist if "loss" in h] for name, hist in runs.items()}
     ref = losses["one"]
@@ -70,12 +70,15 @@ def test_one_process_and_two_give_the_same_losses(shapes_root, tmp_path):
         # still move near-zero elements apart by up to 2 lr; the losses stay within a few per cent
         for a, b in zip(ref[1:], losses[name][1:]):
             assert b["loss"] == pytest.approx(a["loss"], rel=0.05), (name, a["step"])
-    # DDP and FSDP reduce the same gradients the same way: their weights agree to rounding, and
-    # FSDP's checkpoint is a whole model, loadable by one process
+    # the weights after three steps: FSDP's checkpoint is a whole model, loadable by one process;
+    # all three agree but for the elements Adam's sign-like first steps sent ~lr apart
     w = {name: load_file(str(tmp_path / name / "checkpoint" / "model.safetensors")) for name in runs}
     assert w["fsdp"].keys() == w["one"].keys() == w["ddp"].keys()
-    worst = max((w["fsdp"][k].float() - v.float()).abs().max().item() for k, v in w["ddp"].items() if v.is_floating_point())
-    assert worst < 1e-5, worst
+    for name in ("ddp", "fsdp"):
+        diff = torch.cat([(w[name][k].float() - v.float()).abs().flatten() for k, v in w["one"].items()
+                          if v.is_floating_point()])
+        assert diff.mean() < 1e-5, (name, diff.mean())
+        assert (diff > 1e-5).float().mean() < 0.05, (name, (diff > 1e-5).float().mean())
     assert "bbox_AP" in json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
     assert "caption_CIDEr" in json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
 

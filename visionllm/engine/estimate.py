@@ -158,8 +158,8 @@ def build_meta(cfg: DictConfig):
 
     class Bert(BertModel):
         @classmethod
-        def from_pretrained(cls, path, **kw):
-            return BertModel(BertConfig.from_pretrained(path), **kw)
+        def from_pretrained(cls, path, config=None, **kw):
+            return BertModel(config or BertConfig.from_pretrained(path), **kw)
 
     with ExitStack() as stack:
         stack.enter_context(torch.device("meta"))

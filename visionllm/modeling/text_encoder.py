@@ -30,8 +30,8 @@ class TextEncoder(nn.Module):
             p = Path(pretrained)
             if not (p / "config.json").is_file():
                 raise FileNotFoundError(f"BERT directory {p} has no config.json")
-            self.bert = BertModel.from_pretrained(str(p), add_pooling_layer=False, hidden_dropout_prob=dropout,
-                                                  attention_probs_dropout_prob=dropout)
+            config = BertConfig.from_pretrained(str(p), hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+            self.bert = BertModel.from_pretrained(str(p), config=config, add_pooling_layer=False)
         else:
             cfg = BertConfig(
                 vocab_size=len(tokenizer),
