@@ -73,8 +73,6 @@ FSDP_LAYER_CLASSES = ("LlamaDecoderLayer", "BertLayer", "EncoderLayer", "Decoder
 def wrap_model(model: torch.nn.Module, strategy: str, device: torch.device, info: DistInfo) -> torch.nn.Module:
     """The module the training step calls: ``model`` itself (one process), DDP around it, or
     ``model`` sharded in place by FSDP. Build the optimizer after this (FSDP swaps parameters)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"trainer.strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     if not info.enabled:
         return model
     if strategy == "ddp":

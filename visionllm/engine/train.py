@@ -242,14 +242,14 @@ def train(cfg: DictConfig) -> dict:
                         if k != "step":
                             writer.add_scalar(f"train/{k}", v, step)
             last = step == tc.max_steps
-            if (step % tc.eval_every == 0 or last) and val_readers:
+            if (step % tc.eval_every == 0 or last) and val_readers:  # every rank under FSDP, rank 0 otherwise
                 metrics, _ = evaluate_all(model, cfg, val_readers, max_images=tc.eval_max_images)
-            if (step % tc.eval_every == 0 or last) and dist.is_main and val_readers:
-                bar.write(f"step {step}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in HEADLINE if k in metrics))
-                history.append({"step": step, **metrics})
-                if writer:
-                    for k, v in metrics.items():
-                        writer.add_scalar(f"eval/{k}", v, step)
+                if dist.is_main:
+                    bar.write(f"step {step}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in HEADLINE if k in metrics))
+                    history.append({"step": step, **metrics})
+                    if writer:
+                        for k, v in metrics.items():
+                            writer.add_scalar(f"eval/{k}", v, step)
             if step % tc.checkpoint_every == 0 or last:
                 # gathered on every rank under FSDP (a collective), written by rank 0
                 full_state = full_model_state(model) if sharded else None

@@ -20,14 +20,15 @@ from visionllm.modeling.matcher import focal_cost, hungarian
 from visionllm.vocab import LOC_HALF
 
 
-def global_count(n: int, device) -> float:
-    """Objects per process across all processes (DETR's normalizer under DDP): with it, the
-    averaged gradient of N processes equals one process's gradient over the whole batch."""
+def global_counts(counts: list[int], device) -> list[float]:
+    """Per-process means of counts over all processes, in one all-reduce (DETR's normalizer
+    under DDP): with them, the averaged gradient of N processes equals one process's gradient
+    over the whole batch."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return float(n)
-    t = torch.tensor([float(n)], device=device)
+        return [float(n) for n in counts]
+    t = torch.tensor([float(n) for n in counts], device=device)
     torch.distributed.all_reduce(t)
-    return t.item() / torch.distributed.get_world_size()
+    return (t / torch.distributed.get_world_size()).tolist()
 
 
 def tokenizer_loss(

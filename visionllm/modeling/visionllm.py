@@ -17,7 +17,7 @@ from visionllm.modeling.decoding import decode_groups, splice_image_tokens
 from visionllm.modeling.deformable import MLP, sine_embed
 from visionllm.modeling.image_tokenizer import ImageTokenizer
 from visionllm.modeling.llm import LLM
-from visionllm.modeling.losses import answer_loss, global_count, tokenizer_loss
+from visionllm.modeling.losses import answer_loss, global_counts, tokenizer_loss
 from visionllm.tasks.instructions import Request
 from visionllm.vocab import LOC_HALF
 
@@ -117,8 +117,18 @@ class VisionLLM(nn.Module):
         rows = [b for b, t in enumerate(targets) if t.get("centers") is not None]
         assignment: dict[int, tuple] = {}
         losses = {}
-        # every process all-reduces its counts on every step (before any branch), so none waits alone
-        tok_norm = global_count(sum(len(targets[b]["centers"]) for b in rows), v.device)
+        groups = self._structured_groups(requests)
+        text_rows = [b for b, r in enumerate(requests) if not r.structured]
+        answers = [self._answer_ids(targets[b]["text"]) for b in text_rows]
+        # Normalizers over all processes, in one all-reduce on every step before any branch and
+        # any LLM pass (under FSDP a pass is a series of collectives too): every rank issues the
+        # same collectives in the same order, so none waits alone.
+        tok_norm, norm, text_norm = global_counts([
+            sum(len(targets[b]["centers"]) for b in rows),
+            sum(len(targets[b]["labels"]) for idx in groups.values() for b in idx),
+            sum(len(a) for a in answers),
+        ], v.device)
+        norm, text_norm = max(norm, 1.0), max(text_norm, 1.0)
         if rows:
             losses, assigned = tokenizer_loss(
                 toks.layer_logits[:, rows], toks.layer_points[:, rows], [targets[b]["centers"].to(v.device) for b in rows],
@@ -128,13 +138,6 @@ class VisionLLM(nn.Module):
                 # group i answers for the object its image token was matched to [ours]
                 assignment = dict(zip(rows, assigned))
         prefix, valid, ids = splice_image_tokens(self.llm, batch["instructions"], v)
-        groups = self._structured_groups(requests)
-        text_rows = [b for b, r in enumerate(requests) if not r.structured]
-        answers = [self._answer_ids(targets[b]["text"]) for b in text_rows]
-        # Counts over all processes, taken before any LLM pass: under FSDP a pass is a series of
-        # collectives too, and every rank must issue the same collectives in the same order.
-        norm = max(global_count(sum(len(targets[b]["labels"]) for idx in groups.values() for b in idx), v.device), 1.0)
-        text_norm = max(global_count(sum(len(a) for a in answers), v.device), 1.0)
         kinds = sorted(groups) + ([TEXT_PASS] if text_rows else [])
         sums: dict[str, torch.Tensor] = defaultdict(lambda: v.new_zeros(()))
         idle = v.new_zeros(())
