@@ -6,7 +6,9 @@ readers (``visionllm.data``) load both:
 
 * COCO instances (Lin et al. 2014; https://cocodataset.org/#format-data):
   ``annotations/instances_{train,val}2017.json`` with images in ``train2017/``, ``val2017/``.
-  Segmentations are polygons of the *visible* part of each object.
+  Segmentations are polygons of the *visible* part of each object. Each annotation also
+  lists its ``attributes`` (here its colour, ``["red"]``), as Visual Genome and LVIS-style
+  attribute sets do; COCO's own tools ignore the extra key.
 * COCO captions: ``annotations/captions_{train,val}2017.json`` (5 captions per image).
 * Karpathy split (Karpathy & Fei-Fei 2015, ``dataset_coco.json``): ``karpathy/dataset_coco.json``.
 * refer layout for RefCOCO (Yu et al. 2016; https://github.com/lichengunc/refer):
@@ -126,7 +128,8 @@ def _assemble(records: list[dict], out: Path, n_val: int) -> dict:
             ann_id += 1
             anns.append({"id": ann_id, "image_id": r["image_id"],
                          "category_id": o["category_id"], "bbox": o["bbox"],
-                         "area": o["area"], "segmentation": o["segmentation"], "iscrowd": 0})
+                         "area": o["area"], "segmentation": o["segmentation"], "iscrowd": 0,
+                         "attributes": [o["color"]]})
         inst[split]["annotations"].extend(anns)
 
         sentences = []

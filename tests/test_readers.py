@@ -88,12 +88,14 @@ def test_coco_detection(shapes_root):
     assert s["image_id"] == 1_000_000 and s["file_name"] == "000001000000.png"
     assert s["objects"]
     for o in s["objects"]:
-        assert set(o) == {"bbox", "category_id", "category_name", "segmentation", "area",
-                          "iscrowd"}
+        assert set(o) == {"bbox", "category_id", "category_name", "supercategory", "attributes",
+                          "segmentation", "area", "iscrowd"}
+        assert o["supercategory"] == "shape" and len(o["attributes"]) == 1
         x, y, w, h = o["bbox"]
         assert w >= 1 and h >= 1 and x + w <= s["width"] and y + h <= s["height"]
         assert o["category_name"] in {c["name"] for c in ds.categories}
         assert isinstance(o["segmentation"], list) and o["iscrowd"] == 0
+    assert ds.attribute_names == ["blue", "green", "orange", "purple", "red", "yellow"]
 
 
 def _write_coco(tmp_path, images, anns):

@@ -206,3 +206,36 @@ def test_deformable_checkpointing_gives_the_same_gradients(shapes_root, tmp_path
     assert grads[0].keys() == grads[1].keys()
     for n, g in grads[0].items():
         torch.testing.assert_close(grads[1][n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_specialist_trains_its_tokenizer_like_the_generalist(shapes_root, tmp_path):
+    """The baseline: Deformable DETR losses plus the tokenizer's own; every tensor learns, and it
+    answers only its own categories."""
+    from hydra.utils import instantiate
+
+    from helpers import TINY, compose_cfg
+    from visionllm.data.transforms import collate
+    from visionllm.engine import tasks
+    from visionllm.engine.train import _due, absolutize, prepare_tokenizer, tokenizer_corpus
+
+    cfg = compose_cfg("train", ["experiment=shapes_specialist", f"data.root={shapes_root}", f"output_dir={tmp_path}",
+                                *[t for t in TINY if ".llm." not in t]])
+    absolutize(cfg)
+    ds, vocabulary = tasks.training_set(cfg)
+    prepare_tokenizer(cfg, tokenizer_corpus(ds, vocabulary))
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    batch = collate([ds[i] for i in range(3)])
+    losses = model(batch)
+    assert {"loss_cls", "loss_l1", "loss_giou", "loss_tok_obj", "loss_tok_point"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing[:10]
+    model.eval()
+    out = model.predict(batch)
+    assert out[0]["points"].shape == (model.image_tokenizer.num_queries, 2, 2)
+    bad = dict(batch, requests=[r.__class__(kind="boxes", classes=["zebra"], num_points=2) for r in batch["requests"]])
+    with pytest.raises(ValueError, match="zebra"):
+        model.predict(bad)
+    assert _due(4, 2) and not _due(3, 2) and not _due(4, 0)  # eval_every=0: only after the last step

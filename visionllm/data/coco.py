@@ -43,6 +43,7 @@ class CocoDetection(Dataset):
         {"image": PIL.Image (RGB), "image_id": int, "file_name": str,
          "width": int, "height": int,
          "objects": [{"bbox": [x, y, w, h], "category_id": int, "category_name": str,
+                      "supercategory": str, "attributes": [str, ...] (often empty),
                       "segmentation": polygons or RLE as in the file, "area": float,
                       "iscrowd": int}, ...]}
     """
@@ -56,10 +57,20 @@ class CocoDetection(Dataset):
         self.coco = load_coco(self.ann_file)
         self.ids = sorted(self.coco.imgs)
         self._cat_names = {c["id"]: c["name"] for c in self.coco.dataset["categories"]}
+        self._supercategory = {c["id"]: c.get("supercategory") or "object" for c in self.coco.dataset["categories"]}
 
     @property
     def categories(self) -> list[dict]:
         return [{"id": i, "name": self._cat_names[i]} for i in sorted(self._cat_names)]
+
+    @property
+    def attribute_names(self) -> list[str]:
+        """Every attribute word the annotations use (their optional ``attributes`` lists)."""
+        return sorted({str(w) for a in self.coco.dataset["annotations"] for w in a.get("attributes") or []})
+
+    @property
+    def supercategory_names(self) -> list[str]:
+        return sorted(set(self._supercategory.values()))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -77,6 +88,8 @@ class CocoDetection(Dataset):
             cid = a["category_id"]
             out.append({"bbox": [x, y, w, h], "category_id": cid,
                         "category_name": self._cat_names.get(cid, str(cid)),
+                        "supercategory": self._supercategory.get(cid, "object"),
+                        "attributes": [str(w) for w in a.get("attributes") or []],
                         "segmentation": a.get("segmentation"),
                         "area": float(a.get("area", w * h)), "iscrowd": crowd})
         return out

@@ -22,8 +22,9 @@ from visionllm.tasks import caption, detection, grounding, segmentation, vqa
 TASKS = ("detection", "segmentation", "grounding", "caption", "vqa")
 
 DEFAULTS = {
-    "detection": {"max_classes": 32, "eval_chunk": 32, "flip": True},
-    "segmentation": {"max_classes": 32, "eval_chunk": 32, "flip": True, "points": [8, 12, 16, 20, 24], "eval_points": 16},
+    "detection": {"max_classes": 32, "eval_chunk": 32, "flip": True, "described": 0.0},
+    "segmentation": {"max_classes": 32, "eval_chunk": 32, "flip": True, "points": [8, 12, 16, 20, 24], "eval_points": 16,
+                     "described": 0.0},
     "grounding": {},
     "caption": {},
     "vqa": {},
@@ -44,16 +45,15 @@ def category_names(reader) -> list[str]:
     return [c["name"] for c in reader.categories]
 
 
-def _builder(name: str, opts: dict, image_size: int, vocabulary: list[str] | None):
+def _builder(name: str, opts: dict, image_size: int, vocabulary: list[str] | None, reader):
+    if name in ("detection", "segmentation"):
+        described = detection.DescribedNames.from_reader(reader, float(opts["described"]))
+        common = dict(vocabulary=vocabulary, image_size=image_size, max_classes=opts["max_classes"], flip=opts["flip"],
+                      described=described)
     if name == "detection":
-        return lambda r, rng: detection.training_sample(
-            r, vocabulary=vocabulary, image_size=image_size, rng=rng, max_classes=opts["max_classes"], flip=opts["flip"]
-        )
+        return lambda r, rng: detection.training_sample(r, rng=rng, **common)
     if name == "segmentation":
-        return lambda r, rng: segmentation.training_sample(
-            r, vocabulary=vocabulary, image_size=image_size, rng=rng, max_classes=opts["max_classes"],
-            flip=opts["flip"], num_points_choices=tuple(opts["points"]),
-        )
+        return lambda r, rng: segmentation.training_sample(r, rng=rng, num_points_choices=tuple(opts["points"]), **common)
     module = {"grounding": grounding, "caption": caption, "vqa": vqa}[name]
     return lambda r, rng: module.training_sample(r, image_size=image_size, rng=rng)
 
@@ -73,7 +73,7 @@ def training_set(cfg: DictConfig) -> tuple[Mixture, list[str]]:
         r = reader(cfg, "train", name)
         if name in ("detection", "segmentation") and not vocabulary:
             vocabulary = category_names(r)
-        sets[name] = TaskSet(reader=r, build=_builder(name, task_options(cfg, name), cfg.data.image_size, vocabulary or None),
+        sets[name] = TaskSet(reader=r, build=_builder(name, task_options(cfg, name), cfg.data.image_size, vocabulary or None, r),
                              seed=cfg.seed, name=name)
     return Mixture(sets, weights, seed=cfg.seed), vocabulary
 

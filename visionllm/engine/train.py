@@ -82,6 +82,12 @@ def prepare_tokenizer(cfg: DictConfig, texts: list[str]) -> None:
     log.info("trained a text tokenizer into %s", tok_dir)
 
 
+def _due(step: int, every: int) -> bool:
+    """Whether a periodic action (log, eval, checkpoint) falls on ``step``; ``every <= 0``: never
+    (the last step still does all three)."""
+    return every > 0 and step % every == 0
+
+
 def _rng_state() -> dict:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"python": list(random.getstate()[1]), "python_version": random.getstate()[0],
@@ -231,7 +237,7 @@ def train(cfg: DictConfig) -> dict:
             opt.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
-            if step % tc.log_every == 0 or step == tc.max_steps:
+            if _due(step, tc.log_every) or step == tc.max_steps:
                 rate = seen / (time.time() - t0)
                 rec = {"step": step, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm), "samples_per_s": rate}
                 rec.update({k: round(v, 5) for k, v in mean_across({k: v.item() for k, v in losses.items()}, dist).items()})
@@ -242,7 +248,7 @@ def train(cfg: DictConfig) -> dict:
                         if k != "step":
                             writer.add_scalar(f"train/{k}", v, step)
             last = step == tc.max_steps
-            if (step % tc.eval_every == 0 or last) and val_readers:  # every rank under FSDP, rank 0 otherwise
+            if (_due(step, tc.eval_every) or last) and val_readers:  # every rank under FSDP, rank 0 otherwise
                 metrics, _ = evaluate_all(model, cfg, val_readers, max_images=tc.eval_max_images)
                 if dist.is_main:
                     bar.write(f"step {step}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in HEADLINE if k in metrics))
@@ -250,7 +256,7 @@ def train(cfg: DictConfig) -> dict:
                     if writer:
                         for k, v in metrics.items():
                             writer.add_scalar(f"eval/{k}", v, step)
-            if step % tc.checkpoint_every == 0 or last:
+            if _due(step, tc.checkpoint_every) or last:
                 # gathered on every rank under FSDP (a collective), written by rank 0
                 full_state = full_model_state(model) if sharded else None
                 opt_state = optimizer_state(model, opt)

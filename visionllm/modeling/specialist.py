@@ -4,7 +4,9 @@ its generalist with Deformable DETR R50: 44.6 vs 45.7 box AP).
 The same language-guided image tokenizer, but each image token is decoded by a plain
 Deformable DETR head (class logits over the data set's fixed categories and a box regressed
 from the token's reference point) instead of the LLM. Trained with DETR's Hungarian-matched
-focal + L1 + GIoU losses; answers the detection evaluator like VisionLLM does.
+focal + L1 + GIoU losses, plus the tokenizer's own loss (objectness and centres on every
+decoder layer) exactly as VisionLLM trains it, so both models train the same tokenizer the same
+way and differ only in the head; answers the detection evaluator like VisionLLM does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torchvision.ops import sigmoid_focal_loss
 from visionllm.box_ops import cxcywh_to_xyxy, generalized_box_iou
 from visionllm.modeling.deformable import MLP, inverse_sigmoid
 from visionllm.modeling.image_tokenizer import ImageTokenizer
+from visionllm.modeling.losses import global_counts, tokenizer_loss
 from visionllm.modeling.matcher import hungarian
 
 
@@ -67,11 +70,16 @@ class DetrSpecialist(nn.Module):
             l1 = l1 + F.l1_loss(boxes[b, i], coords[j], reduction="sum")
             giou = giou + (1 - generalized_box_iou(boxes[b, i], coords[j]).diagonal()).sum()
             n_all += len(labels)
-        n = max(n_all, 1)
+        (n,) = global_counts([n_all], logits.device)
+        n = max(n, 1.0)
+        tok_losses, _ = tokenizer_loss(
+            toks.layer_logits, toks.layer_points, [t["centers"].to(logits.device) for t in batch["targets"]], num=n
+        )
         losses = {
             "loss_cls": self.w_cls * sigmoid_focal_loss(logits, cls_target, reduction="sum") / n,
             "loss_l1": self.w_l1 * l1 / n,
             "loss_giou": self.w_giou * giou / n,
+            **tok_losses,
         }
         losses["loss"] = sum(losses.values())
         return losses

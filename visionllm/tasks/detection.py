@@ -8,6 +8,7 @@ targets, the model's groups turned into objects and the paper's printed answer
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import torch
 
@@ -62,6 +63,49 @@ def choose_classes(
     return names
 
 
+@dataclass(frozen=True)
+class DescribedNames:
+    """[ours] Class sets of described objects: with probability ``prob`` a training sample's
+    names are ``"<attributes> <category>"`` ("red circle") or, as often,
+    ``"<attributes> <supercategory>"`` ("red shape"), from the annotations' ``attributes``
+    lists, with negatives drawn from every such combination. The box and class losses then
+    ask each image token for its object's attributes too, which plain category names never
+    do: a random backbone trained on categories alone drops colour (docs/design.md,
+    "Colour"). Images with an object lacking attributes keep plain names.
+    """
+
+    prob: float
+    attributes: tuple[str, ...]
+    categories: tuple[str, ...]
+    supercategories: tuple[str, ...]
+
+    @classmethod
+    def from_reader(cls, reader, prob: float) -> DescribedNames | None:
+        attrs = tuple(getattr(reader, "attribute_names", ()))
+        if prob <= 0 or not attrs:
+            return None
+        cats = tuple(c["name"] for c in reader.categories)
+        return cls(prob, attrs, cats, tuple(reader.supercategory_names))
+
+    def pick(self, objects: list[dict], rng: random.Random) -> tuple[list[dict], list[str]] | None:
+        """(renamed objects, name vocabulary) for this sample, or None for plain names."""
+        if rng.random() >= self.prob or not objects or not all(o.get("attributes") for o in objects):
+            return None
+        key, nouns = ("supercategory", self.supercategories) if rng.random() < 0.5 else ("category_name", self.categories)
+        renamed = [dict(o, category_name=" ".join([*o["attributes"], o[key]])) for o in objects]
+        return renamed, [f"{a} {n}" for a in self.attributes for n in nouns]
+
+
+def class_set(
+    objects: list[dict], vocabulary: list[str], rng: random.Random, max_classes: int, described: DescribedNames | None = None
+) -> tuple[list[dict], list[str]]:
+    """A training sample's (objects named as asked, class names), plain or described."""
+    picked = described.pick(objects, rng) if described else None
+    if picked:
+        objects, vocabulary = picked
+    return objects, choose_classes([o["category_name"] for o in objects], vocabulary, rng, max_classes)
+
+
 def boxes_target(objects: list[dict], class_names: list[str], canvas_scale: float) -> dict:
     """Objects of the asked classes -> labels (n,), coords (n, 4) canvas xyxy, centres (n, 2)."""
     index = {n: k for k, n in enumerate(class_names)}
@@ -80,14 +124,21 @@ def boxes_target(objects: list[dict], class_names: list[str], canvas_scale: floa
 
 
 def training_sample(
-    record: dict, *, vocabulary: list[str], image_size: int, rng: random.Random, max_classes: int = 32, flip: bool = True
+    record: dict,
+    *,
+    vocabulary: list[str],
+    image_size: int,
+    rng: random.Random,
+    max_classes: int = 32,
+    flip: bool = True,
+    described: DescribedNames | None = None,
 ) -> dict:
     image, objects = record["image"], record["objects"]
     if flip and rng.random() < 0.5:
         image = image.transpose(0)  # PIL FLIP_LEFT_RIGHT
         objects = hflip_objects(objects, record["width"])
     canvas, mask, scale = letterbox(image, image_size)
-    names = choose_classes([o["category_name"] for o in objects], vocabulary, rng, max_classes)
+    objects, names = class_set(objects, vocabulary, rng, max_classes, described)
     instruction = make_instruction(names, rng=rng)
     return {
         "image": canvas,

@@ -16,7 +16,7 @@ from pycocotools import mask as mask_utils
 
 from visionllm.data.transforms import hflip_objects, letterbox
 from visionllm.tasks import chunked_samples, sample_meta
-from visionllm.tasks.detection import choose_classes
+from visionllm.tasks.detection import DescribedNames, class_set
 from visionllm.tasks.instructions import DEFAULT_RANGE, Request, answer_text, format_classes
 from visionllm.tasks.polygons import object_polygon
 
@@ -98,6 +98,7 @@ def training_sample(
     max_classes: int = 32,
     flip: bool = True,
     num_points_choices=NUM_POINTS_CHOICES,
+    described: DescribedNames | None = None,
 ) -> dict:
     """meta["skipped_objects"] counts asked-for objects left out for want of a polygon."""
     image, objects = record["image"], record["objects"]
@@ -105,7 +106,7 @@ def training_sample(
         image = image.transpose(0)  # PIL FLIP_LEFT_RIGHT; resampling restores clockwise order
         objects = hflip_objects(objects, record["width"])
     canvas, mask, scale = letterbox(image, image_size)
-    names = choose_classes([o["category_name"] for o in objects], vocabulary, rng, max_classes)
+    objects, names = class_set(objects, vocabulary, rng, max_classes, described)
     n = rng.choice(list(num_points_choices))
     target, skipped = polygons_target(objects, names, scale, n)
     return {
