@@ -64,7 +64,10 @@ def test_training_steps_change_weights_and_lower_loss(shapes_root, tmp_path):
     assert model(batch)["loss"].item() < before
 
 
-def test_checkpoint_round_trip_predicts_the_same(trained, shapes_root):
+def test_checkpoint_round_trip_predicts_the_same(trained, shapes_root, tmp_path):
+    """Also from a copy elsewhere whose run directory has gone: the checkpoint carries its tokenizer."""
+    import shutil
+
     out, _ = trained
     model, cfg = load_model(out / "checkpoint")
     from hydra.utils import instantiate
@@ -72,7 +75,12 @@ def test_checkpoint_round_trip_predicts_the_same(trained, shapes_root):
     cfg.data.root = str(shapes_root)
     reader = instantiate(cfg.data.val.detection)
     m1, res1, table = evaluate_detection(model, reader, image_size=cfg.data.image_size, chunk=8, batch_size=4, max_images=3, progress=False)
-    model2, _ = load_model(out / "checkpoint")
+    moved = tmp_path / "moved"
+    shutil.copytree(out / "checkpoint", moved)
+    text = (moved / "config.yaml").read_text()
+    assert str(out / "tokenizer") in text  # the resolved config names the run's own copy...
+    (moved / "config.yaml").write_text(text.replace(str(out / "tokenizer"), str(tmp_path / "gone")))
+    model2, _ = load_model(moved)  # ...which the checkpoint does not need
     m2, res2, _ = evaluate_detection(model2, reader, image_size=cfg.data.image_size, chunk=8, batch_size=4, max_images=3, progress=False)
     assert res1 == res2 and m1 == m2
     assert 0.0 <= m1["bbox_AP"] <= 1.0 and "Average Precision" in table

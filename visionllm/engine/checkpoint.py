@@ -96,6 +96,13 @@ def load_config(ckpt_dir: str | Path) -> DictConfig:
     cfg = OmegaConf.load(ckpt_dir / CONFIG)
     tok = Path(cfg.tokenizer_dir)
     cfg.tokenizer_dir = str(tok if tok.is_absolute() else ckpt_dir / tok)
+    # A part without pretrained weights uses the tokenizer trained for the run, which the
+    # checkpoint carries: the resolved config still names the run's own copy, which may have
+    # moved, been overwritten by a later run or deleted since.
+    for part in ("llm", "text_encoder"):
+        node = OmegaConf.select(cfg, f"model.{part}")
+        if node is not None and "tokenizer" in node and not node.get("pretrained"):
+            node.tokenizer.path = cfg.tokenizer_dir
     return cfg
 
 
