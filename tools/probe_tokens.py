@@ -4,14 +4,18 @@
 
 For every annotated object of the first ``--images`` val images (COCO instances of the
 checkpoint's data set), the image token whose location l_i lies nearest the object's centre
-(within 3 % of the canvas) is taken, as the LLM receives it (v_i). Two ridge regressions,
+(within 3 % of the canvas) is taken, as the LLM receives it (v_i). Ridge regressions,
 fitted on 70 % of the objects and scored on the rest:
 
 - shape: the object's category, one-hot, scored as accuracy (with the majority-class rate);
-- colour: the mean RGB of the object's mask pixels, scored as R^2.
+- colour: the mean RGB of the object's mask pixels, scored as R^2;
+- attributes (where the annotations list them: the shapes' colour names), one-hot, as accuracy.
 
-A token that carries shape but not colour leaves colour questions and coloured referring
-expressions out of reach of the LLM however it is trained (docs/design.md, "Colour").
+The same probes run on what comes before the token, at the cell under each object's centre:
+the projected backbone levels at strides 8 and 16 and the deformable encoder's output at
+stride 8, to show where along the way something is lost. A token that carries shape but not
+colour leaves colour questions and coloured referring expressions out of reach of the LLM
+however it is trained (docs/design.md, "Colour").
 """
 
 from __future__ import annotations
@@ -25,7 +29,17 @@ import torch
 from PIL import Image
 
 
+STAGES = ("backbone_s8", "backbone_s16", "encoder_s8", "token")
+
+
+def _at(fmap: torch.Tensor, centre: torch.Tensor) -> np.ndarray:
+    """(H, W, C) map -> the C features of the cell under a canvas-normalized (x, y)."""
+    H, W = fmap.shape[:2]
+    return fmap[min(int(centre[1] * H), H - 1), min(int(centre[0] * W), W - 1)].float().numpy()
+
+
 def collect(model, cfg, images: int, instruction: str):
+    """Per stage, the features at each object: {"backbone_s8", "backbone_s16", "encoder_s8", "token"}."""
     from pycocotools import mask as mask_utils
 
     from visionllm.data.transforms import collate, letterbox
@@ -38,7 +52,12 @@ def collect(model, cfg, images: int, instruction: str):
         by_image.setdefault(a["image_id"], []).append(a)
     cats = sorted({c["id"] for c in coco["categories"]})
     infos = coco["images"][:images]
-    feats, colours, labels = [], [], []
+    feats = {k: [] for k in STAGES}
+    colours, labels, attrs = [], [], []
+    seen = {}  # what the forward hooks saw: the backbone's levels, the encoder's output
+    tok = model.image_tokenizer
+    hooks = [tok.backbone.register_forward_hook(lambda m, i, o: seen.__setitem__("levels", o)),
+             tok.encoder[-1].register_forward_hook(lambda m, i, o: seen.__setitem__("memory", o))]
     for k in range(0, len(infos), 16):
         chunk, metas = [], []
         for info in infos[k : k + 16]:
@@ -49,6 +68,8 @@ def collect(model, cfg, images: int, instruction: str):
         batch = collate(chunk)
         with torch.no_grad():
             _, anchors, v = model._image_tokens(batch)
+        s8, s16 = (lvl.permute(0, 2, 3, 1) for lvl in seen["levels"][:2])
+        memory_s8 = seen["memory"][:, : s8.shape[1] * s8.shape[2]].reshape(s8.shape)
         for j, (im, scale, anns) in enumerate(metas):
             pixels = np.asarray(im).astype(np.float64) / 255
             for a in anns:
@@ -61,10 +82,16 @@ def collect(model, cfg, images: int, instruction: str):
                 m = mask_utils.decode(mask_utils.frPyObjects(a["segmentation"], im.height, im.width)).max(-1).astype(bool)
                 if m.sum() < 5:
                     continue
-                feats.append(v[j, i].float().numpy())
+                feats["token"].append(v[j, i].float().numpy())
+                feats["backbone_s8"].append(_at(s8[j], centre))
+                feats["backbone_s16"].append(_at(s16[j], centre))
+                feats["encoder_s8"].append(_at(memory_s8[j], centre))
                 colours.append(pixels[m].mean(0))
                 labels.append(cats.index(a["category_id"]))
-    return np.array(feats), np.array(colours), np.array(labels, dtype=int), len(cats)
+                attrs.append(" ".join(a.get("attributes") or []))
+    for h in hooks:
+        h.remove()
+    return {k: np.array(f) for k, f in feats.items()}, np.array(colours), np.array(labels, dtype=int), len(cats), attrs
 
 
 def ridge_predict(x, y, train, lam: float = 0.1):
@@ -82,16 +109,26 @@ def main() -> None:
     from visionllm.engine.checkpoint import load_model
 
     model, cfg = load_model(args.checkpoint)
-    x, colour, label, n_cats = collect(model, cfg, args.images, args.instruction)
-    if len(x) < 20:
-        raise SystemExit(f"only {len(x)} objects had a token near their centre: too few to probe")
-    train = np.arange(len(x)) < int(0.7 * len(x))
-    pred = ridge_predict(x, colour, train)
-    r2 = 1 - ((pred - colour[~train]) ** 2).sum() / ((colour[~train] - colour[train].mean(0)) ** 2).sum()
-    acc = (ridge_predict(x, np.eye(n_cats)[label], train).argmax(1) == label[~train]).mean()
-    majority = np.bincount(label[~train]).max() / (~train).sum()
-    out = {"objects": int(len(x)), "shape_accuracy": round(float(acc), 3), "shape_majority": round(float(majority), 3),
-           "colour_r2": round(float(r2), 3)}
+    stages, colour, label, n_cats, attrs = collect(model, cfg, args.images, args.instruction)
+    n = len(label)
+    if n < 20:
+        raise SystemExit(f"only {n} objects had a token near their centre: too few to probe")
+    train = np.arange(n) < int(0.7 * n)
+
+    def accuracy(x, y):
+        return round(float((ridge_predict(x, np.eye(y.max() + 1)[y], train).argmax(1) == y[~train]).mean()), 3)
+
+    names = sorted(set(attrs)) if all(attrs) else []  # annotations naming each object's attributes
+    attr = np.array([names.index(a) for a in attrs]) if names else None
+    out = {"objects": n, "shape_majority": round(float(np.bincount(label[~train]).max() / (~train).sum()), 3)}
+    if names:
+        out["attribute_majority"] = round(float(np.bincount(attr[~train]).max() / (~train).sum()), 3)
+    for stage, x in stages.items():
+        pred = ridge_predict(x, colour, train)
+        r2 = 1 - ((pred - colour[~train]) ** 2).sum() / ((colour[~train] - colour[train].mean(0)) ** 2).sum()
+        out[stage] = {"shape_accuracy": accuracy(x, label), "colour_r2": round(float(r2), 3)}
+        if names:
+            out[stage]["attribute_accuracy"] = accuracy(x, attr)
     print(json.dumps(out))
 
 

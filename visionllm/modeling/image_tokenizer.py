@@ -5,6 +5,14 @@ M learnable queries and iterative reference-point refinement -> M image tokens, 
 embedding e_i and a location l_i (the refined reference centre, normalized to the canvas).
 Every decoder layer also predicts a class-agnostic objectness logit for the tokenizer loss.
 
+``point_features`` [ours]: each token's embedding also gets the finest backbone level's features
+bilinearly sampled at its location l_i, through a linear layer. The deformable layers, trained
+mostly by box and class losses, carry an object's shape into its token and drop its colour: on
+the shapes data, a linear probe read an object's colour name from the projected backbone
+features at its centre with 0.90 accuracy, from the encoder's output with 0.52 and from the
+image token with 0.21 (chance 0.21), docs/design.md "Colour". Sampling puts what the pixels under
+the token look like back into it, whatever the deformable layers kept.
+
 ``checkpointing``: in training, each encoder and decoder layer keeps only its inputs and
 recomputes its activations in the backward pass (``torch.utils.checkpoint``, non-reentrant),
 trading one more forward for the memory of every layer's attention and FFN activations.
@@ -54,6 +62,7 @@ class ImageTokenizer(nn.Module):
         d_ffn: int = 1024,
         dropout: float = 0.1,
         checkpointing: bool = False,
+        point_features: bool = False,
     ):
         super().__init__()
         self.checkpointing = checkpointing
@@ -76,6 +85,7 @@ class ImageTokenizer(nn.Module):
         obj_head = nn.Linear(d, 1)
         nn.init.constant_(obj_head.bias, -math.log((1 - 0.01) / 0.01))  # focal-loss prior
         self.obj_heads = nn.ModuleList(copy.deepcopy(obj_head) for _ in range(dec_layers))
+        self.point_proj = nn.Linear(d, d) if point_features else None
 
     def _flatten(self, feats: list[torch.Tensor], pixel_mask: torch.Tensor):
         srcs, masks, poss, refs, shapes = [], [], [], [], []
@@ -110,7 +120,8 @@ class ImageTokenizer(nn.Module):
         text, text_pad = self.text_encoder(texts)
         text = self.text_proj(text)  # (B, T, C)
         # Encoder queries sit at their own pixel centres: all levels share the square canvas.
-        src, pad, pos, enc_ref, shapes, start = self._flatten(self.backbone(images), pixel_mask)
+        levels = self.backbone(images)
+        src, pad, pos, enc_ref, shapes, start = self._flatten(levels, pixel_mask)
         for layer in self.encoder:
             src = self._run(layer, src, pos, enc_ref, shapes, start, pad, text, text_pad)
         memory = src
@@ -127,6 +138,11 @@ class ImageTokenizer(nn.Module):
             logits.append(obj_head(tgt).squeeze(-1))
             points.append(new_ref)
             ref = new_ref.detach()  # Deformable DETR: no gradient through the next layer's reference
+        embeds = tgt
+        if self.point_proj is not None:
+            grid = 2 * ref[:, :, None, :] - 1  # (B, M, 1, 2) in grid_sample's [-1, 1], canvas-normalized
+            sampled = F.grid_sample(levels[0], grid, mode="bilinear", align_corners=False)[..., 0]  # (B, C, M)
+            embeds = tgt + self.point_proj(sampled.transpose(1, 2))
         return ImageTokens(
-            embeds=tgt, points=points[-1], layer_logits=torch.stack(logits), layer_points=torch.stack(points)
+            embeds=embeds, points=points[-1], layer_logits=torch.stack(logits), layer_points=torch.stack(points)
         )
