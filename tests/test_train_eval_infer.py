@@ -201,6 +201,44 @@ def test_every_trainable_tensor_gets_a_gradient_whatever_the_batch(shapes_root, 
     assert not missing, missing[:10]
 
 
+def test_point_features_read_the_finest_level_under_each_token(shapes_root, tmp_path):
+    """point_features: each token's embedding gains point_proj(finest level at its location l_i);
+    with a finest level that holds its own x coordinate, what is added is l_i's x, and
+    point_proj learns from every batch."""
+    from visionllm.data.transforms import collate
+
+    model, ds = _tiny_model_and_sets(shapes_root, tmp_path, ["model.image_tokenizer.point_features=true"])
+    tok = model.image_tokenizer
+    batch = collate([ds.sets["detection"][i] for i in range(2)])
+    model(batch)["loss"].backward()
+    assert tok.point_proj.weight.grad is not None and tok.point_proj.weight.grad.abs().sum() > 0
+
+    def x_coordinate(module, inputs, levels):  # the finest level becomes its cells' x centres
+        lvl = levels[0]
+        W = lvl.shape[-1]
+        xs = (torch.arange(W, dtype=lvl.dtype) + 0.5) / W
+        return [xs.expand_as(lvl).contiguous(), *levels[1:]]
+
+    with torch.no_grad():
+        tok.point_proj.weight.zero_()
+        tok.point_proj.weight[:, 0] = 1.0
+        tok.point_proj.bias.zero_()
+        tok.eval()
+        hook = tok.backbone.register_forward_hook(x_coordinate)
+        plain = tok.point_proj
+        tok.point_proj = None
+        without = tok(batch["images"], batch["pixel_mask"], batch["instructions"])
+        tok.point_proj = plain
+        with_pf = tok(batch["images"], batch["pixel_mask"], batch["instructions"])
+        hook.remove()
+    added = with_pf.embeds - without.embeds  # every channel gets the sampled x
+    assert torch.equal(with_pf.points, without.points)  # the decoder itself is untouched
+    x = with_pf.points[..., 0]
+    inside = (x > 0.1) & (x < 0.9)  # bilinear sampling of a linear ramp is exact away from the border
+    assert inside.sum() > 0
+    torch.testing.assert_close(added[..., 0][inside], x[inside], atol=1e-4, rtol=0)
+
+
 def test_deformable_checkpointing_gives_the_same_gradients(shapes_root, tmp_path):
     from visionllm.data.transforms import collate
 
@@ -247,3 +285,29 @@ def test_specialist_trains_its_tokenizer_like_the_generalist(shapes_root, tmp_pa
     with pytest.raises(ValueError, match="zebra"):
         model.predict(bad)
     assert _due(4, 2) and not _due(3, 2) and not _due(4, 0)  # eval_every=0: only after the last step
+
+
+def test_a_later_stage_takes_the_earlier_stages_tokenizer(tmp_path):
+    """trainer.init_from: the embedding rows of the earlier run belong to its token ids, so a
+    later stage with another task mixture (another corpus) must not train a tokenizer of its own."""
+    import json as _json
+
+    from omegaconf import OmegaConf
+
+    from visionllm.engine.train import prepare_tokenizer
+
+    def cfg(tok_dir, init_from=None):
+        return OmegaConf.create({"tokenizer_dir": str(tok_dir), "tokenizer_vocab_size": 300,
+                                 "model": {"llm": {"pretrained": None}}, "trainer": {"init_from": init_from}})
+
+    boxes = ["Find every circle, square and star in the image as boxes."] * 50
+    answers = ["How many hexagons are there? Two. What colour is the ellipse? Purple."] * 50
+    prepare_tokenizer(cfg(tmp_path / "stage1" / "tokenizer"), boxes)
+    prepare_tokenizer(cfg(tmp_path / "fresh"), answers)
+    prepare_tokenizer(cfg(tmp_path / "stage2", init_from=str(tmp_path / "stage1")), answers)
+
+    def vocab(d):
+        return _json.loads((d / "tokenizer.json").read_text())["model"]["vocab"]
+
+    assert vocab(tmp_path / "stage2") == vocab(tmp_path / "stage1" / "tokenizer")
+    assert vocab(tmp_path / "fresh") != vocab(tmp_path / "stage1" / "tokenizer")  # the corpus matters

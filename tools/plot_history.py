@@ -1,9 +1,11 @@
 """Training curves of a run, per task: the losses and every evaluated metric over steps.
 
-    python tools/plot_history.py RUN_DIR [--out FILE.png]
+    python tools/plot_history.py RUN_DIR [--out FILE.png] [--evals STEP=EVAL_DIR ...]
 
 Reads RUN_DIR/history.json (written by tools/train.py) and draws one panel for the losses and
-one per task's headline metrics.
+one per task's headline metrics. ``--evals`` adds points from evaluations made afterwards
+(``tools/eval.py checkpoint=RUN_DIR/checkpoints/step_N output_dir=EVAL_DIR``), each at its
+step: a run that evaluated only at its end still gets curves from its kept checkpoints.
 """
 
 from __future__ import annotations
@@ -30,10 +32,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--evals", nargs="*", default=[], metavar="STEP=EVAL_DIR")
     args = ap.parse_args()
     hist = json.loads((args.run_dir / "history.json").read_text())
     train = [h for h in hist if "loss" in h]
     evals = [h for h in hist if "loss" not in h]
+    for item in args.evals:
+        step, sep, where = item.partition("=")
+        if not sep or not step.isdigit():
+            raise SystemExit(f"--evals takes STEP=EVAL_DIR (got {item!r})")
+        evals.append({"step": int(step), **json.loads((Path(where) / "metrics.json").read_text())})
+    evals.sort(key=lambda h: h["step"])
     panels = [(t, keys) for t, keys in PANELS.items() if any(k in h for h in evals for k in keys)]
     fig, axes = plt.subplots(1, 1 + len(panels), figsize=(4 * (1 + len(panels)), 3.4), squeeze=False)
     ax = axes[0, 0]

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-
 STAGES = ("backbone_s8", "backbone_s16", "encoder_s8", "token")
 
 

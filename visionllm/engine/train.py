@@ -74,9 +74,16 @@ def tokenizer_corpus(dataset, vocabulary: list[str], per_task: int = 300) -> lis
 
 
 def prepare_tokenizer(cfg: DictConfig, texts: list[str]) -> None:
-    """Train the text tokenizer of the tiny models once, unless a pretrained LLM brings its own."""
+    """Train the text tokenizer of the tiny models once, unless a pretrained LLM brings its own.
+    A run started from another's weights (``trainer.init_from``) takes that run's tokenizer: its
+    embedding rows belong to those token ids, whatever this run's own corpus would give."""
     tok_dir = Path(cfg.tokenizer_dir)
     if OmegaConf.select(cfg, "model.llm.pretrained") or (tok_dir / "tokenizer_config.json").is_file():
+        return
+    init_from = OmegaConf.select(cfg, "trainer.init_from")
+    if init_from and (Path(init_from) / "tokenizer" / "tokenizer_config.json").is_file():
+        shutil.copytree(Path(init_from) / "tokenizer", tok_dir, dirs_exist_ok=True)
+        log.info("took the text tokenizer of %s", init_from)
         return
     train_text_tokenizer(texts, tok_dir, vocab_size=cfg.tokenizer_vocab_size)
     log.info("trained a text tokenizer into %s", tok_dir)

@@ -1,0 +1,52 @@
+"""tools/breakdown.py: the expression kinds and question types it reads off the shapes'
+English are the generator's own, for every spec the generator can write."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+from datasets_prep.shapes.language import _candidate_specs, verbalize, vqa_pairs
+from datasets_prep.shapes.scene import make_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("breakdown", ROOT / "tools" / "breakdown.py")
+breakdown = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(breakdown)
+
+
+def test_kinds_and_types_match_the_generator():
+    n_specs = n_questions = 0
+    for i in range(30):
+        rng = np.random.default_rng([11, i])
+        _, scene = make_scene(rng)
+        for t in range(len(scene["objects"])):
+            for spec in _candidate_specs(scene["objects"], t):
+                text = verbalize(spec, rng)
+                assert breakdown.expression_kind(text) == spec[0], text
+                n_specs += 1
+        for qtype, question, _ in vqa_pairs(scene, rng):
+            assert breakdown.question_type("<image>\n" + question) == qtype, question
+            n_questions += 1
+    assert n_specs > 500 and n_questions > 100
+
+
+def test_breakdown_of_an_eval_dir(tmp_path):
+    (tmp_path / "grounding.json").write_text(json.dumps([
+        {"image_id": 1, "expression": "the red circle", "bbox": [0, 0, 10, 10], "correct": True},
+        {"image_id": 1, "expression": "the leftmost star", "bbox": [20, 20, 30, 30], "correct": False},
+        {"image_id": 1, "expression": "the star left of the red circle", "bbox": [50, 50, 60, 60], "correct": False},
+    ]))
+    (tmp_path / "vqa.json").write_text(json.dumps([
+        {"question": "How many stars are there?", "prediction": "2", "short": True, "correct": True},
+        {"question": "How many shapes are there?", "prediction": "2", "short": True, "correct": False},
+        {"question": "Describe the image in detail.", "prediction": "A star.", "short": False, "correct": None},
+    ]))
+    inst = tmp_path / "instances.json"
+    inst.write_text(json.dumps({"annotations": [{"image_id": 1, "bbox": [0, 0, 10, 10]}, {"image_id": 1, "bbox": [20, 20, 10, 10]}]}))
+    g = breakdown.grounding(json.loads((tmp_path / "grounding.json").read_text()), inst)
+    assert g["attr"]["P@0.5"] == 1.0 and g["extreme"]["P@0.5"] == 0.0 and g["rel"]["expressions"] == 1
+    assert g["wrong_answers_on_another_object"] == 0.5  # the leftmost star's box is another object's
+    v = breakdown.vqa(json.loads((tmp_path / "vqa.json").read_text()))
+    assert v == {"count": {"accuracy": 0.5, "questions": 2, "most_common_prediction": "2", "its_share": 1.0}}

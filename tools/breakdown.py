@@ -1,0 +1,110 @@
+"""Where an evaluation's errors are: grounding by expression kind, VQA by question type,
+caption variety, from the files ``tools/eval.py`` writes.
+
+    python tools/breakdown.py EVAL_DIR [--instances data/shapes/refcoco/instances.json]
+
+- grounding (grounding.json): P@0.5 per expression kind, told apart by their words (the
+  shapes' generator, datasets_prep/shapes/language.py: ``attr`` "the red circle", ``super``
+  "the largest ...", ``extreme`` "the leftmost ...", ``rel`` "... left of the ..."); and, with
+  ``--instances``, the share of wrong answers whose box still covers another object of the
+  image (IoU >= 0.5): the model found an object, the wrong one;
+- VQA (vqa.json): accuracy per question type (count, exist, color, shape, position) and the
+  share of the most common prediction per type (1.0: one answer whatever the image);
+- captions (captions.json): distinct captions / captions (low: the text ignores the image).
+
+Prints one JSON object. The kinds are read off English phrasing, so on other data sets
+they are a rough grouping; everything else is exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+from visionllm.tasks.grounding import box_iou
+
+EXPRESSION_KINDS = (  # first match wins: "the largest shape left of ..." does not occur
+    ("rel", re.compile(r"\b(left of|right of|above|below|under)\b")),
+    ("super", re.compile(r"\b(largest|biggest|smallest)\b")),
+    ("extreme", re.compile(r"\b(leftmost|rightmost|topmost|highest|lowest|bottom|furthest)\b")),
+)
+QUESTION_TYPES = (
+    ("count", re.compile(r"^how many\b")),
+    ("exist", re.compile(r"^is there\b")),
+    ("color", re.compile(r"^what colou?r\b")),
+    ("shape", re.compile(r"^what shape\b")),
+    ("position", re.compile(r"\b(left or the right|top or the bottom)\b")),
+)
+
+
+def expression_kind(text: str) -> str:
+    text = text.lower()
+    return next((k for k, pat in EXPRESSION_KINDS if pat.search(text)), "attr")
+
+
+def question_type(text: str) -> str:
+    text = text.lower().replace("<image>", "").strip()
+    return next((k for k, pat in QUESTION_TYPES if pat.search(text)), "other")
+
+
+def grounding(results: list[dict], instances: Path | None) -> dict:
+    by_kind: dict[str, list[bool]] = {}
+    for r in results:
+        by_kind.setdefault(expression_kind(r["expression"]), []).append(bool(r["correct"]))
+    out = {k: {"P@0.5": round(sum(v) / len(v), 3), "expressions": len(v)} for k, v in sorted(by_kind.items())}
+    if instances is not None:
+        boxes: dict[int, list] = {}
+        for a in json.loads(instances.read_text())["annotations"]:
+            x, y, w, h = a["bbox"]
+            boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+        wrong = [r for r in results if not r["correct"] and r["bbox"] is not None]
+        other = sum(any(box_iou(r["bbox"], b) >= 0.5 for b in boxes.get(r["image_id"], [])) for r in wrong)
+        out["wrong_answers_on_another_object"] = round(other / len(wrong), 3) if wrong else 0.0
+    return out
+
+
+def vqa(results: list[dict]) -> dict:
+    by_type: dict[str, list[dict]] = {}
+    for r in results:
+        if r["short"]:
+            by_type.setdefault(question_type(r["question"]), []).append(r)
+    out = {}
+    for t, rs in sorted(by_type.items()):
+        top = Counter(r["prediction"].strip().lower() for r in rs).most_common(1)[0]
+        out[t] = {
+            "accuracy": round(sum(bool(r["correct"]) for r in rs) / len(rs), 3),
+            "questions": len(rs),
+            "most_common_prediction": top[0],
+            "its_share": round(top[1] / len(rs), 3),
+        }
+    return out
+
+
+def captions(results: list[dict]) -> dict:
+    texts = [r["caption"].strip().lower() for r in results]
+    return {"captions": len(texts), "distinct": len(set(texts)), "distinct_share": round(len(set(texts)) / max(len(texts), 1), 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("eval_dir", type=Path)
+    ap.add_argument("--instances", type=Path, help="the COCO instances the expressions refer to (refcoco/instances.json), for wrong-object counts")
+    args = ap.parse_args()
+    out = {}
+    files = {"grounding": "grounding.json", "vqa": "vqa.json", "caption": "captions.json"}
+    for name, fname in files.items():
+        path = args.eval_dir / fname
+        if not path.exists():
+            continue
+        results = json.loads(path.read_text())
+        out[name] = grounding(results, args.instances) if name == "grounding" else vqa(results) if name == "vqa" else captions(results)
+    if not out:
+        raise SystemExit(f"{args.eval_dir}: none of {', '.join(files.values())} (write them with tools/eval.py output_dir=...)")
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
