@@ -303,6 +303,7 @@ def test_a_later_stage_takes_the_earlier_stages_tokenizer(tmp_path):
     boxes = ["Find every circle, square and star in the image as boxes."] * 50
     answers = ["How many hexagons are there? Two. What colour is the ellipse? Purple."] * 50
     prepare_tokenizer(cfg(tmp_path / "stage1" / "tokenizer"), boxes)
+    (tmp_path / "stage1" / "config.yaml").write_text("tokenizer_dir: tokenizer\n")  # as a checkpoint has it
     prepare_tokenizer(cfg(tmp_path / "fresh"), answers)
     prepare_tokenizer(cfg(tmp_path / "stage2", init_from=str(tmp_path / "stage1")), answers)
 

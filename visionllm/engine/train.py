@@ -25,7 +25,12 @@ from tqdm import tqdm
 from visionllm.cli import pick_device
 from visionllm.data.transforms import collate
 from visionllm.engine import tasks
-from visionllm.engine.checkpoint import load_trainer_state, load_weights, save_checkpoint
+from visionllm.engine.checkpoint import (
+    load_config,
+    load_trainer_state,
+    load_weights,
+    save_checkpoint,
+)
 from visionllm.engine.distributed import (
     STRATEGIES,
     EpochSampler,
@@ -81,10 +86,12 @@ def prepare_tokenizer(cfg: DictConfig, texts: list[str]) -> None:
     if OmegaConf.select(cfg, "model.llm.pretrained") or (tok_dir / "tokenizer_config.json").is_file():
         return
     init_from = OmegaConf.select(cfg, "trainer.init_from")
-    if init_from and (Path(init_from) / "tokenizer" / "tokenizer_config.json").is_file():
-        shutil.copytree(Path(init_from) / "tokenizer", tok_dir, dirs_exist_ok=True)
-        log.info("took the text tokenizer of %s", init_from)
-        return
+    if init_from:
+        src = Path(load_config(init_from).tokenizer_dir)  # where that checkpoint keeps its own
+        if (src / "tokenizer_config.json").is_file():
+            shutil.copytree(src, tok_dir, dirs_exist_ok=True)
+            log.info("took the text tokenizer of %s", init_from)
+            return
     train_text_tokenizer(texts, tok_dir, vocab_size=cfg.tokenizer_vocab_size)
     log.info("trained a text tokenizer into %s", tok_dir)
 

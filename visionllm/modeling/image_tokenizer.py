@@ -10,8 +10,10 @@ bilinearly sampled at its location l_i, through a linear layer. The deformable l
 mostly by box and class losses, carry an object's shape into its token and drop its colour: on
 the shapes data, a linear probe read an object's colour name from the projected backbone
 features at its centre with 0.90 accuracy, from the encoder's output with 0.52 and from the
-image token with 0.21 (chance 0.21), docs/design.md "Colour". Sampling puts what the pixels under
-the token look like back into it, whatever the deformable layers kept.
+image token with 0.21 (chance 0.21), docs/design.md "Where colour is lost". Sampling puts what
+the pixels under the token look like back into it, whatever the deformable layers kept (0.66
+after run 3 of docs/results.md; off by default: there box AP fell and the LLM still did not
+read the colour).
 
 ``checkpointing``: in training, each encoder and decoder layer keeps only its inputs and
 recomputes its activations in the backward pass (``torch.utils.checkpoint``, non-reentrant),
