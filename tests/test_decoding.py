@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from visionllm.modeling.decoding import decode_groups, decode_groups_stepwise, splice_image_tokens
+from visionllm.modeling.decoding import (
+    decode_groups,
+    decode_groups_stepwise,
+    span_positions,
+    splice_image_tokens,
+)
 from visionllm.modeling.llm import LLM
 from visionllm.tasks import detection
 from visionllm.text_tokenizer import load_tokenizer, train_text_tokenizer
@@ -62,3 +67,15 @@ def test_restricted_logits_match_full_head(llm):
 def test_image_placeholder_required(llm):
     with pytest.raises(ValueError, match="<image>"):
         splice_image_tokens(llm, ["no placeholder here"], torch.randn(1, 2, 64))
+
+
+def test_span_positions_pick_the_answer_tokens_after_the_image(llm):
+    text = "Q: What is this?\n<image> A: a circle\nQ: And this one? A: star\nHow many?"
+    spans = [(text.index("a circle"), text.index("a circle") + len("a circle")), (text.index("star"), text.index("star") + 4)]
+    M = 3
+    _, _, ids = splice_image_tokens(llm, [text], torch.zeros(1, M, 64))
+    pos = span_positions(llm, text, spans, M)
+    assert pos == sorted(pos) and ids[0, pos].ne(llm.vocab.image).all()
+    for span in spans:  # each span's tokens spell its answer (a space before it may be a token of its own)
+        assert llm.tokenizer.decode(ids[0, span_positions(llm, text, [span], M)]).strip() == text[span[0] : span[1]]
+    assert span_positions(llm, text, [], M) == []

@@ -61,6 +61,8 @@ def test_context_keeps_one_image_in_first_place():
     assert vqa.question_text(pairs, 0) == "What is this?\n<image>"
     text = vqa.question_text(pairs, 2)
     assert text == "Q: What is this?\n<image> A: a circle\nQ: What color is it? A: red\nHow many?"
+    assert [text[a:b] for a, b in vqa.answer_spans(text, pairs, 2)] == ["a circle", "red"]
+    assert vqa.answer_spans(vqa.question_text(pairs, 0), pairs, 0) == []
     # an <image> missing from the first turn or repeated later still gives exactly one, in front
     odd = [("What is this?", "a circle"), ("<image> And now?", "red")]
     assert vqa.question_text(odd, 1) == "<image>\nQ: What is this? A: a circle\nAnd now?"
@@ -81,6 +83,9 @@ def test_training_samples(val_reader):
             t = next(k for k, (q, a) in enumerate(pairs) if ins.endswith(q.replace("<image>", "").strip()) and s["target"]["text"] == a.strip())
             turns_seen.add(t)
             assert ins.count("\nQ: ") + ins.startswith("Q: ") == t  # the earlier turns, one line each
+            # every earlier answer is marked for the loss, where it stands in the instruction
+            spans = s["target"]["context_spans"]
+            assert [ins[a:b] for a, b in spans] == [a.strip() for _, a in pairs[:t] if a.strip()]
             # exactly one <image>, where the first question had it
             assert ins.count("<image>") == 1
             assert ins.split("<image>")[0] == ("Q: " if t else "") + pairs[0][0].split("<image>")[0]

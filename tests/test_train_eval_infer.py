@@ -312,3 +312,36 @@ def test_a_later_stage_takes_the_earlier_stages_tokenizer(tmp_path):
 
     assert vocab(tmp_path / "stage2") == vocab(tmp_path / "stage1" / "tokenizer")
     assert vocab(tmp_path / "fresh") != vocab(tmp_path / "stage1" / "tokenizer")  # the corpus matters
+
+
+def test_every_answer_of_a_conversation_is_learned(shapes_root, tmp_path):
+    """A VQA sample asking turn t also learns the t earlier answers written in its instruction:
+    loss_text is the mean cross-entropy over those tokens and the asked answer's, as the plain
+    causal LM computes it on the same sequence with every other label masked."""
+    from visionllm.data.transforms import collate
+    from visionllm.modeling.decoding import span_positions, splice_image_tokens
+
+    model, ds = _tiny_model_and_sets(shapes_root, tmp_path)
+    model.eval()
+    sample = next(s for s in (ds.sets["vqa"][i] for i in range(200)) if len(s["target"]["context_spans"]) >= 2)
+    batch = collate([sample])
+    loss = model(batch)["loss_text"]
+    _, _, v = model._image_tokens(batch)
+    prefix, _, ids = splice_image_tokens(model.llm, batch["instructions"], v)
+    ans = model._answer_ids(sample["target"]["text"])
+    vocab = model.llm.vocab
+    # prefix, <bos>, the answer (its last token only as a label: HF drops the last position's logits)
+    embeds = torch.cat([prefix[0], model.llm.embed(torch.tensor([vocab.bos] + ans))])[None]
+    labels = torch.full(embeds.shape[:2], -100)
+    text = sample["instruction"]
+    pos = span_positions(model.llm, text, sample["target"]["context_spans"], v.shape[1])
+    assert pos and all(model.llm.tokenizer.decode(ids[0, span_positions(model.llm, text, [(a, b)], v.shape[1])]).strip() == text[a:b]
+                       for a, b in sample["target"]["context_spans"])
+    labels[0, pos] = ids[0, pos]
+    n = prefix.shape[1]
+    labels[0, n + 1 : n + 1 + len(ans)] = torch.tensor(ans)  # HF shifts: the label at t is predicted at t - 1
+    expected = model.llm.model(inputs_embeds=embeds, labels=labels).loss
+    assert torch.allclose(loss, expected, atol=1e-5), (loss, expected)
+    # and without the earlier answers, only the asked one counts: a different loss
+    sample["target"]["context_spans"] = []
+    assert not torch.allclose(model(collate([sample]))["loss_text"], loss)

@@ -51,6 +51,23 @@ def splice_image_tokens(
     return embeds, valid, ids
 
 
+def span_positions(llm, prompt: str, spans: list[tuple[int, int]], num_image_tokens: int) -> list[int]:
+    """Positions, in the prefix ``splice_image_tokens`` makes of ``prompt``, of the tokens that
+    overlap ``spans`` (character spans of ``prompt``): the earlier answers a conversation's
+    instruction holds, which are learned too."""
+    if not spans:
+        return []
+    base = PROMPT.index("{instruction}")
+    enc = llm.tokenizer(PROMPT.format(instruction=prompt), add_special_tokens=False, return_offsets_mapping=True)
+    image_at = enc["input_ids"].index(llm.vocab.image)
+    shift = 1 if llm.tokenizer.bos_token_id is not None else 0
+    out = []
+    for j, (s, e) in enumerate(enc["offset_mapping"]):
+        if any(s < base + b and e > base + a for a, b in spans):
+            out.append(j + shift + (num_image_tokens - 1 if j > image_at else 0))
+    return out
+
+
 def group_layout(prefix_valid: torch.Tensor, num_groups: int, num_slots: int, dtype: torch.dtype):
     """4-D additive attention mask (B, 1, T, T) and position ids (B, T) of the one-pass sequence."""
     B, Lp = prefix_valid.shape

@@ -13,7 +13,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from visionllm.modeling.decoding import decode_groups, splice_image_tokens
+from visionllm.modeling.decoding import decode_groups, span_positions, splice_image_tokens
 from visionllm.modeling.deformable import MLP, sine_embed
 from visionllm.modeling.image_tokenizer import ImageTokenizer
 from visionllm.modeling.llm import LLM
@@ -120,13 +120,18 @@ class VisionLLM(nn.Module):
         groups = self._structured_groups(requests)
         text_rows = [b for b, r in enumerate(requests) if not r.structured]
         answers = [self._answer_ids(targets[b]["text"]) for b in text_rows]
+        # the earlier answers of a conversation, inside the instruction, are learned as well
+        context = [
+            span_positions(self.llm, batch["instructions"][b], targets[b].get("context_spans") or [], v.shape[1])
+            for b in text_rows
+        ]
         # Normalizers over all processes, in one all-reduce on every step before any branch and
         # any LLM pass (under FSDP a pass is a series of collectives too): every rank issues the
         # same collectives in the same order, so none waits alone.
         tok_norm, norm, text_norm = global_counts([
             sum(len(targets[b]["centers"]) for b in rows),
             sum(len(targets[b]["labels"]) for idx in groups.values() for b in idx),
-            sum(len(a) for a in answers),
+            sum(len(a) for a in answers) + sum(len(c) for c in context),
         ], v.device)
         norm, text_norm = max(norm, 1.0), max(text_norm, 1.0)
         if rows:
@@ -143,7 +148,7 @@ class VisionLLM(nn.Module):
         idle = v.new_zeros(())
         for kind in self._pass_order(kinds):
             if kind == TEXT_PASS and text_rows:
-                losses["loss_text"] = self._text_loss(prefix, valid, text_rows, answers) / text_norm
+                losses["loss_text"] = self._text_loss(prefix, valid, text_rows, answers, ids, context) / text_norm
             elif kind in groups:
                 self._structured_losses(sums, prefix, valid, ids, v, anchors, groups[kind], kind, requests, targets,
                                         assignment)
@@ -210,9 +215,11 @@ class VisionLLM(nn.Module):
         tok = self.llm.tokenizer
         return tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
-    def _text_loss(self, prefix, valid, rows: list[int], answers: list[list[int]]) -> torch.Tensor:
-        """Summed next-token cross-entropy on each answer after the <bos> query; the caller
-        divides by the answer tokens of all processes (as the box losses divide by objects)."""
+    def _text_loss(self, prefix, valid, rows: list[int], answers: list[list[int]], ids=None, context=None) -> torch.Tensor:
+        """Summed next-token cross-entropy on each answer after the <bos> query, and on the
+        prefix tokens at ``context`` positions (per row: earlier answers of a conversation,
+        ``ids`` their token ids); the caller divides by the answer tokens of all processes (as
+        the box losses divide by objects)."""
         vocab = self.llm.vocab
         seqs, label_rows = [], []
         for b, ans in zip(rows, answers):
@@ -228,8 +235,14 @@ class VisionLLM(nn.Module):
             embeds[i, : s.shape[0]] = s
             mask[i, : s.shape[0]] = 1
         hidden = self.llm.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
-        picked = torch.cat([hidden[i, n : n + len(ans)] for i, (n, ans) in enumerate(label_rows)])
-        labels = torch.tensor([t for _, ans in label_rows for t in ans], device=prefix.device)
+        picked = [hidden[i, n : n + len(ans)] for i, (n, ans) in enumerate(label_rows)]
+        labels = [torch.tensor(ans, device=prefix.device) for _, ans in label_rows]
+        for i, (b, pos) in enumerate(zip(rows, context or [])):
+            if pos:
+                at = torch.tensor(pos, device=prefix.device)
+                picked.append(hidden[i, at - 1])  # position p - 1 predicts the token at p
+                labels.append(ids[b, at])
+        picked, labels = torch.cat(picked), torch.cat(labels)
         return torch.nn.functional.cross_entropy(self.llm.logits(picked), labels, reduction="sum")
 
     @torch.no_grad()

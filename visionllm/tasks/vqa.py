@@ -5,6 +5,11 @@ written before it as context, ``Q: ... A: ...`` one per line, then the question 
 single ``<image>`` stays where the first human turn had it. Evaluation feeds the
 ground-truth earlier answers as context (teacher forcing), so every turn is scored on its
 own.
+
+Loss on every answer: a training sample asks turn t and also marks where the earlier
+answers stand in its instruction (``target["context_spans"]``, character spans); the model
+learns those tokens too, in the same causal pass, so a sample of a T-turn conversation
+teaches up to T answers at the cost of one (LLaVA's loss on every gpt turn, in our layout).
 """
 
 from __future__ import annotations
@@ -55,18 +60,34 @@ def question_text(pairs: list[tuple[str, str]], t: int) -> str:
     return _one_image("\n".join(lines), first)
 
 
+def answer_spans(text: str, pairs: list[tuple[str, str]], t: int) -> list[tuple[int, int]]:
+    """Character spans of the answers of turns 0..t-1 inside ``question_text(pairs, t)``."""
+    spans, cursor = [], 0
+    for _, a in pairs[:t]:
+        a = a.strip()
+        if not a:
+            continue
+        at = text.find(f"A: {a}", cursor)
+        if at < 0:
+            raise ValueError(f"answer {a!r} not found in the instruction {text!r}")
+        spans.append((at + 3, at + 3 + len(a)))
+        cursor = spans[-1][1]
+    return spans
+
+
 def training_sample(record: dict, *, image_size: int, rng: random.Random) -> dict:
     pairs = turns(record)
     if not pairs:
         raise ValueError(f"conversation {record['image_id']!r} has no question-answer turn")
     t = rng.randrange(len(pairs))
     canvas, mask, scale = letterbox(record["image"], image_size)
+    text = question_text(pairs, t)
     return {
         "image": canvas,
         "pixel_mask": mask,
-        "instruction": question_text(pairs, t),
+        "instruction": text,
         "request": Request(kind="text"),
-        "target": {"text": pairs[t][1].strip()},
+        "target": {"text": pairs[t][1].strip(), "context_spans": answer_spans(text, pairs, t)},
         "meta": sample_meta(record, scale),
     }
 
