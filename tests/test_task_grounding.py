@@ -84,3 +84,24 @@ def test_precision_oracle_and_wrong(eval_reader):
     assert len(results) == len(eval_reader) and all(r["correct"] for r in results)
     wrong, _, _ = evaluate_grounding(Oracle(wrong=True), eval_reader, image_size=64, batch_size=5, max_images=6, progress=False)
     assert wrong["grounding_P@0.5"] == 0.0
+
+
+def test_the_answer_can_be_picked_by_the_tokenizers_objectness():
+    meta = {"canvas_scale": 100.0, "width": 100, "height": 100}
+    from visionllm.tasks.instructions import Request
+
+    req = Request(kind="boxes", classes=["the red circle"], num_points=2)
+    groups = {
+        "labels": torch.zeros(3, dtype=torch.long),
+        "scores": torch.tensor([0.9, 0.5, 0.2]),
+        "points": torch.tensor([[[0.0, 0.0], [0.1, 0.1]], [[0.5, 0.5], [0.6, 0.6]], [[0.8, 0.8], [0.9, 0.9]]]),
+        "objectness": torch.tensor([0.1, 0.3, 0.95]),
+    }
+    assert grounding.to_box(groups, req, meta)["bbox"] == pytest.approx([0, 0, 10, 10])
+    assert grounding.to_box(groups, req, meta, rank="objectness")["bbox"] == pytest.approx([80, 80, 90, 90])
+    prod = grounding.to_box(groups, req, meta, rank="product")  # 0.09, 0.15, 0.19
+    assert prod["bbox"] == pytest.approx([80, 80, 90, 90]) and prod["score"] == pytest.approx(0.19)
+    with pytest.raises(ValueError, match="rank must be one of"):
+        grounding.to_box(groups, req, meta, rank="best")
+    with pytest.raises(ValueError, match="needs the tokenizer's objectness"):
+        grounding.to_box({k: v for k, v in groups.items() if k != "objectness"}, req, meta, rank="product")

@@ -53,6 +53,10 @@ class CocoCaptions(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def image_ids(self) -> list[int]:
+        """Each sample's COCO image id, without loading an image."""
+        return [int(i) for i in self.ids]
+
     def __getitem__(self, index: int) -> dict:
         iid = self.ids[index]
         info = self.images[iid]
@@ -87,6 +91,10 @@ class KarpathyCaptions(Dataset):
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def image_ids(self) -> list[int]:
+        """Each sample's COCO image id (``cocoid``), without loading an image."""
+        return [int(e["cocoid"]) for e in self.entries]
 
     def __getitem__(self, index: int) -> dict:
         e = self.entries[index]

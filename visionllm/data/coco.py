@@ -75,6 +75,13 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def image_ids(self) -> list[int]:
+        return [int(i) for i in self.ids]
+
+    def object_counts(self) -> dict[int, int]:
+        """image id -> number of its objects (as ``objects`` filters them), for curricula."""
+        return {int(i): len(self.objects(i)) for i in self.ids}
+
     def objects(self, image_id: int) -> list[dict]:
         """The filtered annotations of one image, without loading the image."""
         out = []

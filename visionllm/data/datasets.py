@@ -9,10 +9,11 @@ loader workers, and resumable at any step.
 from __future__ import annotations
 
 import bisect
+import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 
 class TaskSet(Dataset):
@@ -33,11 +34,63 @@ class TaskSet(Dataset):
         return self.build(self.reader[index], rng)
 
 
+class Curriculum:
+    """Easy records first [ours]: until each stage's fraction of the run, a task draws only the
+    records whose difficulty (for images: how many objects they hold) is at most the stage's
+    cap; after the last stage, every record. ``stages`` is ``[(until_fraction, max_difficulty),
+    ...]``.
+
+    Why: a small random LLM asked about busy images settles on one answer per question type
+    before it learns to find the named object among the image tokens, and then the text loss
+    no longer reaches the tokens; about an image with one object there is nothing to find,
+    and it learns to read the token within 100 steps (docs/results.md, "colour pilot").
+    """
+
+    def __init__(self, difficulty: list[float], stages: Iterable, *, name: str = ""):
+        self.stages = sorted((float(f), float(c)) for f, c in stages)
+        self.pools = []
+        for frac, cap in self.stages:
+            pool = [i for i, d in enumerate(difficulty) if d <= cap]
+            if not pool:
+                least = min(difficulty, default=math.inf)
+                raise ValueError(f"curriculum of {name or 'a task'}: no record has difficulty <= {cap:g} (the stage "
+                                 f"until {frac:g}); the easiest has {least:g}")
+            self.pools.append(pool)
+
+    def pick(self, index: int, progress: float) -> int:
+        """The record drawn for ``index`` (uniform over the task) at ``progress`` (0 to 1)."""
+        for (frac, _), pool in zip(self.stages, self.pools):
+            if progress < frac:
+                return pool[index % len(pool)]
+        return index
+
+    def sizes(self) -> list[int]:
+        return [len(p) for p in self.pools]
+
+
+class WithProgress(Sampler):
+    """Tags each index of ``sampler`` with the fraction of the run at which it is trained on,
+    ``(index, progress)``, for the mixture's curricula: item k of the sampler feeds optimizer
+    step ``first_step + k // per_step`` of ``total_steps``."""
+
+    def __init__(self, sampler: Sampler, *, first_step: int, per_step: int, total_steps: int):
+        self.sampler, self.first_step = sampler, first_step
+        self.per_step, self.total_steps = max(1, per_step), max(1, total_steps)
+
+    def __iter__(self) -> Iterator[tuple[int, float]]:
+        for k, index in enumerate(self.sampler):
+            yield index, (self.first_step + k // self.per_step) / self.total_steps
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 class Mixture(Dataset):
     """Draws each item's task by weight, then a record of that task: tasks of very different
     sizes (COCO's 118k images, RefCOCO's 320k expressions) mix in the proportions asked for."""
 
-    def __init__(self, sets: dict[str, TaskSet], weights: dict[str, float], *, seed: int = 0, length: int | None = None):
+    def __init__(self, sets: dict[str, TaskSet], weights: dict[str, float], *, seed: int = 0, length: int | None = None,
+                 curricula: dict[str, Curriculum] | None = None):
         if not sets:
             raise ValueError("a mixture needs at least one task")
         bad = [k for k, w in weights.items() if k in sets and w < 0]
@@ -52,6 +105,7 @@ class Mixture(Dataset):
             self.cdf.append(acc)
         self.seed, self.epoch = seed, 0
         self.length = length or sum(len(sets[k]) for k in self.names)
+        self.curricula = dict(curricula or {})
 
     def __len__(self) -> int:
         return self.length
@@ -61,11 +115,18 @@ class Mixture(Dataset):
         for s in self.sets.values():
             s.set_epoch(epoch)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, item: int | tuple[int, float]) -> dict:
+        """``item``: an index, or ``(index, progress)`` from :class:`WithProgress` (curricula)."""
+        index, progress = item if isinstance(item, tuple) else (item, None)
         if len(self.names) == 1:
-            s = self.sets[self.names[0]]
-            return s[index % len(s)]
-        rng = random.Random(f"mix/{self.seed}/{self.epoch}/{index}")
-        name = self.names[min(bisect.bisect_left(self.cdf, rng.random()), len(self.names) - 1)]
-        s = self.sets[name]
-        return s[rng.randrange(len(s))]
+            name = self.names[0]
+            record = index % len(self.sets[name])
+        else:
+            rng = random.Random(f"mix/{self.seed}/{self.epoch}/{index}")
+            name = self.names[min(bisect.bisect_left(self.cdf, rng.random()), len(self.names) - 1)]
+            record = rng.randrange(len(self.sets[name]))
+        if progress is not None and name in self.curricula:
+            record = self.curricula[name].pick(record, progress)
+        sample = self.sets[name][record]
+        sample["meta"]["task"] = name
+        return sample

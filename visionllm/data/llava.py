@@ -72,6 +72,15 @@ class LlavaInstruct(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
+    def image_ids(self) -> list[int | None]:
+        """Each sample's image id as a number where its ``id`` (or image file stem) is one
+        (LLaVA-Instruct's ids are zero-padded COCO ids), else None; no image is loaded."""
+        out = []
+        for e in self.entries:
+            key = str(e.get("id", Path(e["image"]).stem))
+            out.append(int(key) if key.isdigit() else None)
+        return out
+
     def __getitem__(self, index: int) -> dict:
         e = self.entries[index]
         image = load_image(self.image_root / e["image"])

@@ -105,6 +105,10 @@ class RefCocoGrounding(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def image_ids(self) -> list[int]:
+        """Each sample's COCO image id, without loading an image."""
+        return [s["image_id"] for s in self.samples]
+
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
         info = self.images[s["image_id"]]

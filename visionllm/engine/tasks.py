@@ -8,10 +8,13 @@ the readers.
 
 from __future__ import annotations
 
+import logging
+import math
+
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from visionllm.data.datasets import Mixture, TaskSet
+from visionllm.data.datasets import Curriculum, Mixture, TaskSet
 from visionllm.evaluation.caption import evaluate_caption
 from visionllm.evaluation.detection import evaluate_detection
 from visionllm.evaluation.grounding import evaluate_grounding
@@ -19,13 +22,15 @@ from visionllm.evaluation.segmentation import evaluate_segmentation
 from visionllm.evaluation.vqa import evaluate_vqa
 from visionllm.tasks import caption, detection, grounding, segmentation, vqa
 
+log = logging.getLogger(__name__)
+
 TASKS = ("detection", "segmentation", "grounding", "caption", "vqa")
 
 DEFAULTS = {
     "detection": {"max_classes": 32, "eval_chunk": 32, "flip": True, "described": 0.0},
     "segmentation": {"max_classes": 32, "eval_chunk": 32, "flip": True, "points": [8, 12, 16, 20, 24], "eval_points": 16,
                      "described": 0.0},
-    "grounding": {},
+    "grounding": {"rank": "class"},
     "caption": {},
     "vqa": {},
 }
@@ -75,7 +80,36 @@ def training_set(cfg: DictConfig) -> tuple[Mixture, list[str]]:
             vocabulary = category_names(r)
         sets[name] = TaskSet(reader=r, build=_builder(name, task_options(cfg, name), cfg.data.image_size, vocabulary or None, r),
                              seed=cfg.seed, name=name)
-    return Mixture(sets, weights, seed=cfg.seed), vocabulary
+    return Mixture(sets, weights, seed=cfg.seed, curricula=curricula(cfg, sets)), vocabulary
+
+
+def curricula(cfg: DictConfig, sets: dict[str, TaskSet]) -> dict[str, Curriculum]:
+    """``cfg.task.curriculum``: ``{tasks: [...], stages: [[until_fraction, max_objects], ...]}``;
+    a record's difficulty is how many objects its image holds, counted in the detection
+    reader's annotations of the same images (records of other images come last)."""
+    node = OmegaConf.select(cfg, "task.curriculum")
+    if node is None or not node.get("stages"):
+        return {}
+    names = [n for n in node.get("tasks") or [] if n in sets]
+    unknown = [n for n in node.get("tasks") or [] if n not in TASKS]
+    if unknown:
+        raise ValueError(f"task.curriculum.tasks: unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+    if not names:
+        return {}
+    counts_reader = sets["detection"].reader if "detection" in sets else reader(cfg, "train", "detection")
+    if not hasattr(counts_reader, "object_counts"):
+        raise ValueError("task.curriculum needs a detection reader with object_counts() to rank images by objects")
+    counts = counts_reader.object_counts()
+    stages = [tuple(s) for s in OmegaConf.to_container(node.stages, resolve=True)]
+    out = {}
+    for name in names:
+        r = sets[name].reader
+        if not hasattr(r, "image_ids"):
+            raise ValueError(f"task.curriculum: the {name} reader ({type(r).__name__}) cannot list its image ids")
+        difficulty = [counts.get(i, math.inf) if i is not None else math.inf for i in r.image_ids()]
+        out[name] = Curriculum(difficulty, stages, name=name)
+        log.info("curriculum %s: %s records per stage %s (of %d)", name, out[name].sizes(), stages, len(difficulty))
+    return out
 
 
 def evaluate(model, cfg: DictConfig, name: str, val_reader, *, batch_size: int, max_images=None, progress=True,
@@ -88,5 +122,7 @@ def evaluate(model, cfg: DictConfig, name: str, val_reader, *, batch_size: int, 
         return evaluate_detection(model, val_reader, chunk=chunk or opts["eval_chunk"], **common)
     if name == "segmentation":
         return evaluate_segmentation(model, val_reader, chunk=chunk or opts["eval_chunk"], num_points=opts["eval_points"], **common)
-    fn = {"grounding": evaluate_grounding, "caption": evaluate_caption, "vqa": evaluate_vqa}[name]
+    if name == "grounding":
+        return evaluate_grounding(model, val_reader, rank=opts["rank"], **common)
+    fn = {"caption": evaluate_caption, "vqa": evaluate_vqa}[name]
     return fn(model, val_reader, **common)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from visionllm.cli import pick_device
+from visionllm.data.datasets import WithProgress
 from visionllm.data.transforms import collate
 from visionllm.engine import tasks
 from visionllm.engine.checkpoint import (
@@ -231,7 +232,9 @@ def train(cfg: DictConfig) -> dict:
                                rank=dist.rank, world_size=dist.world_size, start=batch_in_epoch)
         # its own generator: making a loader must not draw from the global RNG that dropout uses,
         # or a resumed run (one more loader) would drift from an uninterrupted one
-        loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
+        # each index tagged with the step it feeds, for curricula (task.curriculum)
+        tagged = WithProgress(sampler, first_step=step, per_step=tc.batch_size * accumulate, total_steps=tc.max_steps)
+        loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=tagged, drop_last=True, collate_fn=collate,
                             num_workers=tc.num_workers, generator=torch.Generator().manual_seed(cfg.seed + epoch))
         for batch in loader:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -14,10 +14,11 @@ IOU_THRESHOLD = 0.5
 
 
 def evaluate_grounding(
-    model, reader, *, image_size: int, batch_size: int = 8, max_images=None, progress=True
+    model, reader, *, image_size: int, batch_size: int = 8, max_images=None, progress=True, rank: str = "class"
 ) -> tuple[dict, list[dict], str]:
     """-> ({"grounding_P@0.5", "grounding_P@0.5/<split>" ...}, results, printed table).
-    ``max_images`` caps the number of expressions (each is one sample of the reader)."""
+    ``max_images`` caps the number of expressions (each is one sample of the reader); ``rank``
+    which score picks the answer (``grounding.to_box``)."""
 
     def samples():
         for i in tqdm(range(num_images(reader, max_images)), desc="eval grounding", disable=not progress, leave=False):
@@ -26,7 +27,7 @@ def evaluate_grounding(
     results = []
     for s, out in predict_batches(model, samples(), batch_size):
         meta = s["meta"]
-        obj = grounding.to_box(out, s["request"], meta)
+        obj = grounding.to_box(out, s["request"], meta, rank=rank)
         x, y, w, h = meta["gt_bbox"]
         iou = grounding.box_iou(obj["bbox"], [x, y, x + w, y + h]) if obj else 0.0
         results.append(

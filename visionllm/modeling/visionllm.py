@@ -247,8 +247,9 @@ class VisionLLM(nn.Module):
 
     @torch.no_grad()
     def predict(self, batch: dict, *, max_new_tokens: int = 64) -> list[dict]:
-        """Per sample: structured -> {"labels" (M,), "scores" (M,), "points" (M, N, 2) canvas-normalized};
-        text -> {"text": str}."""
+        """Per sample: structured -> {"labels" (M,), "scores" (M,), "points" (M, N, 2) canvas-normalized,
+        "objectness" (M,): the image tokenizer's own score of each token, which for a grounding
+        instruction is trained on the referred object alone}; text -> {"text": str}."""
         requests = batch["requests"]
         toks, anchors, v = self._image_tokens(batch)
         prefix, valid, ids = splice_image_tokens(self.llm, batch["instructions"], v)
@@ -260,7 +261,8 @@ class VisionLLM(nn.Module):
             offsets = (loc_logits.argmax(-1) - LOC_HALF).float() / LOC_HALF  # (b, M, 2N)
             for row, b in enumerate(idx):
                 pts = anchors[b].repeat(1, n_pts) + offsets[row]
-                out[b] = {"labels": labels[row], "scores": scores[row], "points": pts.view(-1, n_pts, 2)}
+                out[b] = {"labels": labels[row], "scores": scores[row], "points": pts.view(-1, n_pts, 2),
+                          "objectness": toks.layer_logits[-1, b].sigmoid()}
         for b, r in enumerate(requests):
             if not r.structured:
                 out[b] = {"text": self.generate_text(prefix[b : b + 1, : int(valid[b].sum())], max_new_tokens)}

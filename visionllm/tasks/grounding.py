@@ -87,8 +87,23 @@ def eval_samples(record: dict, *, image_size: int, template: str | None = None) 
     ]
 
 
-def to_box(groups: dict, request: Request, meta: dict) -> dict | None:
-    """The answer: the top-scoring group as {"label", "class_index", "bbox" xyxy pixels, "score"}."""
+RANKS = ("class", "objectness", "product")
+
+
+def to_box(groups: dict, request: Request, meta: dict, rank: str = "class") -> dict | None:
+    """The answer: the top group as {"label", "class_index", "bbox" xyxy pixels, "score"}.
+
+    ``rank``: which score picks it: the LLM's class slot (``class``, the paper's), the image
+    tokenizer's objectness of the group's token (``objectness``: in training, a grounding
+    instruction's tokenizer target is the referred object alone, with the expression fused
+    into the encoder), or their ``product``."""
+    if rank not in RANKS:
+        raise ValueError(f"grounding rank must be one of {RANKS}, not {rank!r}")
+    if rank != "class":
+        if groups.get("objectness") is None:
+            raise ValueError(f"grounding rank {rank!r} needs the tokenizer's objectness, which this model does not give")
+        obj = groups["objectness"].to(groups["scores"].dtype)
+        groups = {**groups, "scores": obj if rank == "objectness" else obj * groups["scores"]}
     objs = detection.to_objects(groups, request, meta)
     return objs[0] if objs else None
 

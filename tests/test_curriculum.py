@@ -1,0 +1,64 @@
+"""Curricula: text tasks drawn from images with few objects first (task.curriculum)."""
+
+import math
+
+import pytest
+
+from helpers import tiny_train_cfg
+from visionllm.data.datasets import Curriculum, WithProgress
+
+
+def test_curriculum_draws_easy_records_until_each_stage_ends():
+    difficulty = [3, 1, 2, 5, 1, math.inf]
+    cur = Curriculum(difficulty, [[0.5, 2], [0.2, 1]])  # any order
+    assert cur.sizes() == [2, 3]
+    early = {cur.pick(i, 0.1) for i in range(12)}
+    middle = {cur.pick(i, 0.3) for i in range(12)}
+    assert early == {1, 4}
+    assert middle == {1, 2, 4}
+    assert [cur.pick(i, 0.5) for i in range(6)] == list(range(6))  # after the last stage: every record
+
+
+def test_a_stage_no_record_fits_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="vqa.*difficulty <= 0.*easiest has 2"):
+        Curriculum([2, 3], [[0.3, 0]], name="vqa")
+
+
+def test_each_index_carries_the_fraction_of_the_run_it_trains():
+    tagged = WithProgress(range(10), first_step=4, per_step=4, total_steps=8)
+    items = list(tagged)
+    assert len(tagged) == 10
+    assert [i for i, _ in items] == list(range(10))
+    assert [p for _, p in items] == [0.5] * 4 + [0.625] * 4 + [0.75] * 2
+
+
+def test_text_tasks_start_on_the_images_with_fewest_objects(shapes_root, tmp_path):
+    from visionllm.engine import tasks
+
+    probe = tiny_train_cfg(shapes_root, tmp_path, ["task=all"])
+    counts = tasks.reader(probe, "train", "detection").object_counts()
+    fewest = min(counts.values())
+    assert max(counts.values()) > fewest  # the tiny set mixes easy and busy images
+    cfg = tiny_train_cfg(shapes_root, tmp_path, [
+        "task=all", "+task.curriculum.tasks=[caption,vqa,grounding]", f"+task.curriculum.stages=[[0.5,{fewest}]]"])
+    ds, _ = tasks.training_set(cfg)
+    assert set(ds.curricula) == {"caption", "vqa", "grounding"}
+    seen_early, seen_late = {}, {}
+    for i in range(len(ds)):
+        for progress, seen in ((0.0, seen_early), (0.9, seen_late)):
+            sample = ds[(i, progress)]
+            if sample["meta"]["task"] in ("caption", "vqa", "grounding"):
+                iid = int(sample["meta"]["image_id"])
+                seen.setdefault(iid, counts[iid])
+    assert seen_early and set(seen_early.values()) == {fewest}
+    assert max(seen_late.values()) > fewest
+    assert ds[3]["meta"] == ds[(3, None)]["meta"]  # a plain index still works (tokenizer corpus, tests)
+
+
+def test_an_unknown_curriculum_task_is_an_error(shapes_root, tmp_path):
+    from visionllm.engine import tasks
+
+    cfg = tiny_train_cfg(shapes_root, tmp_path, ["task=all", "+task.curriculum.tasks=[captions]",
+                                                 "+task.curriculum.stages=[[0.5,1]]"])
+    with pytest.raises(ValueError, match="unknown task.*captions"):
+        tasks.training_set(cfg)
