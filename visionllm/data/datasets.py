@@ -43,7 +43,9 @@ class Curriculum:
     Why: a small random LLM asked about busy images settles on one answer per question type
     before it learns to find the named object among the image tokens, and then the text loss
     no longer reaches the tokens; about an image with one object there is nothing to find,
-    and it learns to read the token within 100 steps (docs/results.md, "colour pilot").
+    and it learns to read the token within 100 steps (docs/results.md, "colour pilot"). From
+    scratch it did not help (run 5 there: the tokens are still forming while the easy images
+    come); it is meant for a stage that starts from a trained tokenizer.
     """
 
     def __init__(self, difficulty: list[float], stages: Iterable, *, name: str = ""):
