@@ -38,3 +38,20 @@ def tiny_train_cfg(data_root: Path, out: Path, extra: list[str] | None = None):
          "trainer.num_workers=0", "trainer.log_every=1", "trainer.warmup_steps=2", "trainer.eval_max_images=4",
          "trainer.eval_batch_size=4"] + TINY + (extra or []),
     )
+
+
+def tiny_model_and_sets(shapes_root: Path, tmp_path: Path, extra=(), task: str = "all"):
+    """A tiny random model built from the real config, and the training sets it is fed from
+    (the text tokenizer trained on their corpus first, as tools/train.py does)."""
+    import torch
+    from hydra.utils import instantiate
+
+    from visionllm.engine import tasks
+    from visionllm.engine.train import absolutize, prepare_tokenizer, tokenizer_corpus
+
+    cfg = tiny_train_cfg(shapes_root, tmp_path, [f"task={task}", *extra])
+    absolutize(cfg)
+    ds, vocabulary = tasks.training_set(cfg)
+    prepare_tokenizer(cfg, tokenizer_corpus(ds, vocabulary))
+    torch.manual_seed(0)
+    return instantiate(cfg.model), ds

@@ -48,5 +48,10 @@ def test_breakdown_of_an_eval_dir(tmp_path):
     g = breakdown.grounding(json.loads((tmp_path / "grounding.json").read_text()), inst)
     assert g["attr"]["P@0.5"] == 1.0 and g["extreme"]["P@0.5"] == 0.0 and g["rel"]["expressions"] == 1
     assert g["wrong_answers_on_another_object"] == 0.5  # the leftmost star's box is another object's
+    assert g["chance"] == 0.5 and g["rel"]["chance"] == 0.5  # two objects in the image
+    assert "same_box_other_referent" not in g  # no ref ids to tell referents apart
+    refs = [{"image_id": 1, "ref_id": r, "bbox": b} for r, b in ((1, [0, 0, 10, 10]), (2, [0, 0, 10, 11]), (2, [20, 20, 30, 30]), (3, [40, 40, 50, 50]))]
+    # pairs with different referents: (1,2a) same box, (1,2b), (1,3), (2a,3), (2b,3) differ
+    assert breakdown.same_box_other_referent(refs) == 0.2
     v = breakdown.vqa(json.loads((tmp_path / "vqa.json").read_text()))
     assert v == {"count": {"accuracy": 0.5, "questions": 2, "most_common_prediction": "2", "its_share": 1.0}}

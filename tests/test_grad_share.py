@@ -5,9 +5,8 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
 
-from helpers import tiny_train_cfg
+from helpers import tiny_model_and_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("grad_share", ROOT / "tools" / "grad_share.py")
@@ -23,18 +22,10 @@ def test_parts_by_parameter_name():
 
 
 def test_each_term_reaches_what_it_can(shapes_root, tmp_path):
-    from hydra.utils import instantiate
-
     from visionllm.data.transforms import collate
-    from visionllm.engine import tasks
-    from visionllm.engine.train import absolutize, prepare_tokenizer, tokenizer_corpus
 
-    cfg = tiny_train_cfg(shapes_root, tmp_path, ["task=all"])
-    absolutize(cfg)
-    ds, vocabulary = tasks.training_set(cfg)
-    prepare_tokenizer(cfg, tokenizer_corpus(ds, vocabulary))
-    torch.manual_seed(0)
-    model = instantiate(cfg.model).train()
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path)
+    model.train()
     batch = collate([ds.sets["detection"][0], ds.sets["vqa"][0]])
     norms = grad_share.term_norms(model, batch)
     assert {"loss_text", "loss_cls", "loss_tok_obj"} <= set(norms)

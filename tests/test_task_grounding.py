@@ -105,3 +105,31 @@ def test_the_answer_can_be_picked_by_the_tokenizers_objectness():
         grounding.to_box(groups, req, meta, rank="best")
     with pytest.raises(ValueError, match="needs the tokenizer's objectness"):
         grounding.to_box({k: v for k, v in groups.items() if k != "objectness"}, req, meta, rank="product")
+
+
+def test_the_class_slot_tells_expressions_apart(shapes_root, tmp_path):
+    """What a class slot is scored against (the class pointer's input) moves with the
+    expression as much as with the context: the name's part is as large as the LLM state's,
+    and a word is the same token alone and inside a longer expression."""
+    from helpers import tiny_model_and_sets
+    from visionllm.data.transforms import collate
+
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path, task="grounding")
+    model.eval()
+    seen = []
+    model.class_pointer.register_forward_hook(lambda m, i, o: seen.append(i[0][:, 0]))
+    template = grounding.TEMPLATES[0]
+    samples = []
+    for expression in ("the red circle", "the blue square"):
+        s = dict(ds.sets["grounding"][0])
+        s["instruction"] = grounding.make_instruction(expression, template=template)
+        s["request"] = parse_instruction(s["instruction"])
+        samples.append(s)
+    with torch.no_grad():
+        model.predict(collate(samples))
+    ctx = seen[0]
+    change = (ctx[0] - ctx[1]).norm() / ctx.norm(dim=-1).mean()
+    assert change > 0.3, f"class pointer input moved {change:.3f} between two expressions"
+    tok = model.llm.tokenizer
+    word = tok(" circle", add_special_tokens=False)["input_ids"]
+    assert len(word) == 1 and word[0] in tok(" the red circle", add_special_tokens=False)["input_ids"]

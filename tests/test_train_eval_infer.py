@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import tiny_train_cfg
+from helpers import tiny_model_and_sets, tiny_train_cfg
 from visionllm.api import VisionLLM
 from visionllm.engine.checkpoint import load_model
 from visionllm.engine.train import train
@@ -174,27 +174,13 @@ def test_all_five_tasks_train_and_evaluate(shapes_root, tmp_path):
         assert key in metrics, key
 
 
-def _tiny_model_and_sets(shapes_root, tmp_path, extra=()):
-    from hydra.utils import instantiate
-
-    from visionllm.engine import tasks
-    from visionllm.engine.train import absolutize, prepare_tokenizer, tokenizer_corpus
-
-    cfg = tiny_train_cfg(shapes_root, tmp_path, ["task=all", *extra])
-    absolutize(cfg)
-    ds, vocabulary = tasks.training_set(cfg)
-    prepare_tokenizer(cfg, tokenizer_corpus(ds, vocabulary))
-    torch.manual_seed(0)
-    return instantiate(cfg.model), ds
-
-
 @pytest.mark.parametrize("only", [["caption", "vqa"], ["detection"], ["grounding", "segmentation"]])
 def test_every_trainable_tensor_gets_a_gradient_whatever_the_batch(shapes_root, tmp_path, only):
     """FSDP reduce-scatters the same gradients on every rank, so no batch may leave a trainable
     tensor without one (text-only batches, box-only batches)."""
     from visionllm.data.transforms import collate
 
-    model, ds = _tiny_model_and_sets(shapes_root, tmp_path)
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path)
     batch = collate([ds.sets[name][i] for name in only for i in range(2)])
     model(batch)["loss"].backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -207,7 +193,7 @@ def test_point_features_read_the_finest_level_under_each_token(shapes_root, tmp_
     point_proj learns from every batch."""
     from visionllm.data.transforms import collate
 
-    model, ds = _tiny_model_and_sets(shapes_root, tmp_path, ["model.image_tokenizer.point_features=true"])
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path, ["model.image_tokenizer.point_features=true"])
     tok = model.image_tokenizer
     batch = collate([ds.sets["detection"][i] for i in range(2)])
     model(batch)["loss"].backward()
@@ -244,7 +230,7 @@ def test_deformable_checkpointing_gives_the_same_gradients(shapes_root, tmp_path
 
     grads = []
     for on in (False, True):
-        model, ds = _tiny_model_and_sets(shapes_root, tmp_path, [f"model.image_tokenizer.checkpointing={on}"])
+        model, ds = tiny_model_and_sets(shapes_root, tmp_path, [f"model.image_tokenizer.checkpointing={on}"])
         assert model.image_tokenizer.checkpointing is on
         batch = collate([ds.sets[name][i] for name in ("detection", "caption") for i in range(2)])
         model(batch)["loss"].backward()
@@ -321,7 +307,7 @@ def test_every_answer_of_a_conversation_is_learned(shapes_root, tmp_path):
     from visionllm.data.transforms import collate
     from visionllm.modeling.decoding import span_positions, splice_image_tokens
 
-    model, ds = _tiny_model_and_sets(shapes_root, tmp_path)
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path)
     model.eval()
     sample = next(s for s in (ds.sets["vqa"][i] for i in range(200)) if len(s["target"]["context_spans"]) >= 2)
     batch = collate([sample])
@@ -345,3 +331,53 @@ def test_every_answer_of_a_conversation_is_learned(shapes_root, tmp_path):
     # and without the earlier answers, only the asked one counts: a different loss
     sample["target"]["context_spans"] = []
     assert not torch.allclose(model(collate([sample]))["loss_text"], loss)
+
+
+@pytest.mark.parametrize("decoder_text", [False, True])
+def test_decoder_text_lets_the_queries_read_the_instruction(shapes_root, tmp_path, decoder_text):
+    """decoder_text: with the encoder's own text attention silenced, the tokens still change
+    with the referring expression, through the decoder's; without it they cannot."""
+    from visionllm.data.transforms import collate
+    from visionllm.tasks import grounding
+
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path, [f"model.image_tokenizer.decoder_text={decoder_text}"])
+    tok = model.image_tokenizer.eval()
+    with torch.no_grad():
+        for layer in tok.encoder:
+            layer.text_attn.out_proj.weight.zero_()
+            layer.text_attn.out_proj.bias.zero_()
+    sample = ds.sets["grounding"][0]
+    batch = collate([sample, sample])
+    batch["instructions"] = [grounding.make_instruction(e, template=grounding.TEMPLATES[0])
+                             for e in ("the red circle", "the blue square")]
+    with torch.no_grad():
+        out = tok(batch["images"], batch["pixel_mask"], batch["instructions"])
+    moved = (out.embeds[0] - out.embeds[1]).abs().max().item()
+    if decoder_text:
+        assert moved > 1e-3
+        assert all(layer.text_attn is not None for layer in tok.decoder)
+    else:
+        assert moved < 1e-5
+
+
+def test_token_scale_puts_image_tokens_at_the_word_embeddings_scale(shapes_root, tmp_path):
+    """token_scale=embedding: every v_i starts with the RMS of the LLM's word embeddings (free:
+    tens of times larger) and the gain learns."""
+    from visionllm.data.transforms import collate
+    from visionllm.modeling.visionllm import VisionLLM
+
+    batch = None
+    rms = {}
+    for scale in ("free", "embedding"):
+        model, ds = tiny_model_and_sets(shapes_root, tmp_path / scale, [f"model.token_scale={scale}"])
+        batch = batch or collate([ds.sets["detection"][0], ds.sets["vqa"][0]])
+        words = model.llm.embed(torch.arange(model.llm.vocab.image)).detach().pow(2).mean().sqrt()
+        _, _, v = model._image_tokens(batch)
+        rms[scale] = (v.detach().pow(2).mean(-1).sqrt() / words)
+        if scale == "embedding":
+            model(batch)["loss"].backward()
+            assert model.token_gain.grad is not None and model.token_gain.grad.abs() > 0
+    torch.testing.assert_close(rms["embedding"], torch.ones_like(rms["embedding"]), rtol=1e-3, atol=0)
+    assert rms["free"].min() > 5  # what it replaces: image tokens far above the words
+    with pytest.raises(ValueError, match="token_scale"):
+        VisionLLM(image_tokenizer=model.image_tokenizer, llm=model.llm, token_scale="loud")

@@ -7,7 +7,11 @@ caption variety, from the files ``tools/eval.py`` writes.
   shapes' generator, datasets_prep/shapes/language.py: ``attr`` "the red circle", ``super``
   "the largest ...", ``extreme`` "the leftmost ...", ``rel`` "... left of the ..."); and, with
   ``--instances``, the share of wrong answers whose box still covers another object of the
-  image (IoU >= 0.5): the model found an object, the wrong one;
+  image (IoU >= 0.5): the model found an object, the wrong one; and per kind the ``chance``
+  P@0.5 of naming one of the image's objects at random (the mean of 1 / objects), the score
+  of a model that finds objects and ignores the expression; and ``same_box_other_referent``:
+  of the pairs of expressions about different objects of one image, the share answered with
+  the same box (1.0: the answer does not depend on the expression);
 - VQA (vqa.json): accuracy per question type (count, exist, color, shape, position) and the
   share of the most common prediction per type (1.0: one answer whatever the image);
 - captions (captions.json): distinct captions / captions (low: the text ignores the image).
@@ -60,10 +64,37 @@ def grounding(results: list[dict], instances: Path | None) -> dict:
         for a in json.loads(instances.read_text())["annotations"]:
             x, y, w, h = a["bbox"]
             boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+        odds: dict[str, list[float]] = {}
+        for r in results:
+            n = len(boxes.get(r["image_id"], []))
+            odds.setdefault(expression_kind(r["expression"]), []).append(1 / n if n else 0.0)
+        for k, v in odds.items():
+            out[k]["chance"] = round(sum(v) / len(v), 3)
+        out["chance"] = round(sum(x for v in odds.values() for x in v) / max(1, len(results)), 3)
         wrong = [r for r in results if not r["correct"] and r["bbox"] is not None]
         other = sum(any(box_iou(r["bbox"], b) >= 0.5 for b in boxes.get(r["image_id"], [])) for r in wrong)
         out["wrong_answers_on_another_object"] = round(other / len(wrong), 3) if wrong else 0.0
+    same = same_box_other_referent(results)
+    if same is not None:
+        out["same_box_other_referent"] = same
     return out
+
+
+def same_box_other_referent(results: list[dict]) -> float | None:
+    """Share of pairs (two expressions, one image, different referred objects) whose answers
+    are the same box (IoU >= 0.5); None without ``ref_id``s or such pairs."""
+    by_image: dict[int, list[dict]] = {}
+    for r in results:
+        if r.get("ref_id") is not None and r.get("bbox") is not None:
+            by_image.setdefault(r["image_id"], []).append(r)
+    pairs = same = 0
+    for rs in by_image.values():
+        for i, a in enumerate(rs):
+            for b in rs[i + 1:]:
+                if a["ref_id"] != b["ref_id"]:
+                    pairs += 1
+                    same += box_iou(a["bbox"], b["bbox"]) >= 0.5
+    return round(same / pairs, 3) if pairs else None
 
 
 def vqa(results: list[dict]) -> dict:

@@ -18,7 +18,8 @@ def build_visionllm(
     none_weight: float = 0.1,
     group_matching: str = "tokenizer",
     loss_weights: dict | None = None,
+    token_scale: str = "free",
 ) -> VisionLLM:
     tokenizer = ImageTokenizer(backbone=backbone, text_encoder=text_encoder, **dict(image_tokenizer))
     return VisionLLM(image_tokenizer=tokenizer, llm=llm, none_weight=none_weight,
-                     group_matching=group_matching, loss_weights=loss_weights)
+                     group_matching=group_matching, loss_weights=loss_weights, token_scale=token_scale)

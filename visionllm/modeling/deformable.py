@@ -104,21 +104,37 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Query self-attention, then deformable cross-attention into the encoder memory, then FFN."""
+    """Query self-attention, then (``text_attn``) cross-attention to the BERT tokens, then
+    deformable cross-attention into the encoder memory, then FFN.
 
-    def __init__(self, *, d_model: int, d_ffn: int, n_levels: int, n_heads: int, n_points: int, dropout: float):
+    The text step is Grounding DINO's decoder order [ours here]: each query reads the
+    instruction itself, not only through the fused memory, so a referring expression can
+    raise or lower a query whose own features match it, and the queries' self-attention in
+    the next layer can compare candidates ("the leftmost circle")."""
+
+    def __init__(self, *, d_model: int, d_ffn: int, n_levels: int, n_heads: int, n_points: int, dropout: float,
+                 text_attn: bool = False):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(d_model)
+        if text_attn:
+            self.text_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+            self.norm_text = nn.LayerNorm(d_model)
+        else:
+            self.text_attn = None
         self.cross_attn = MSDeformAttn(d_model=d_model, n_levels=n_levels, n_heads=n_heads, n_points=n_points)
         self.norm2 = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
         self.ffn = FFN(d_model, d_ffn, dropout)
 
-    def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, padding_mask):
+    def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, padding_mask,
+                text=None, text_mask=None):
         q = tgt + query_pos
         x, _ = self.self_attn(q, q, tgt, need_weights=False)
         tgt = self.norm1(tgt + self.drop(x))
+        if self.text_attn is not None:
+            x, _ = self.text_attn(tgt + query_pos, text, text, key_padding_mask=text_mask, need_weights=False)
+            tgt = self.norm_text(tgt + self.drop(x))
         x = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index, padding_mask)
         tgt = self.norm2(tgt + self.drop(x))
         return self.ffn(tgt)

@@ -18,6 +18,9 @@ read the colour).
 ``checkpointing``: in training, each encoder and decoder layer keeps only its inputs and
 recomputes its activations in the backward pass (``torch.utils.checkpoint``, non-reentrant),
 trading one more forward for the memory of every layer's attention and FFN activations.
+
+``decoder_text``: each decoder layer also cross-attends to the BERT tokens (Grounding DINO's
+decoder), so the queries read the instruction directly (docs/design.md, "Referring").
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class ImageTokenizer(nn.Module):
         dropout: float = 0.1,
         checkpointing: bool = False,
         point_features: bool = False,
+        decoder_text: bool = False,
     ):
         super().__init__()
         self.checkpointing = checkpointing
@@ -77,7 +81,7 @@ class ImageTokenizer(nn.Module):
         self.level_embed = nn.Parameter(torch.randn(L, d) * 0.02)
         kw = dict(d_model=d, d_ffn=d_ffn, n_levels=L, n_heads=n_heads, n_points=n_points, dropout=dropout)
         self.encoder = nn.ModuleList(EncoderLayer(**kw) for _ in range(enc_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(**kw) for _ in range(dec_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(**kw, text_attn=decoder_text) for _ in range(dec_layers))
         self.query_embed = nn.Embedding(num_queries, 2 * d)  # (query_pos | tgt), Deformable DETR
         self.ref_point = nn.Linear(d, 2)
         point_head = MLP(d, d, 2, 3)
@@ -135,7 +139,7 @@ class ImageTokenizer(nn.Module):
         ref = self.ref_point(query_pos).sigmoid()  # (B, M, 2)
         logits, points = [], []
         for layer, point_head, obj_head in zip(self.decoder, self.point_heads, self.obj_heads):
-            tgt = self._run(layer, tgt, query_pos, ref, memory, shapes, start, pad)
+            tgt = self._run(layer, tgt, query_pos, ref, memory, shapes, start, pad, text, text_pad)
             new_ref = (inverse_sigmoid(ref) + point_head(tgt)).sigmoid()
             logits.append(obj_head(tgt).squeeze(-1))
             points.append(new_ref)

@@ -24,6 +24,21 @@ from visionllm.vocab import LOC_HALF
 TEXT_PASS = 10**6  # the text pass's key among the structured passes' point counts, sorted last
 
 
+def _rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Scale each vector to unit root mean square (norm sqrt(H)), as an RMSNorm without a gain."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _embedding_rms(llm: LLM) -> float:
+    """RMS of the LLM's input embedding rows of its text tokens (0.02 where they are not
+    materialized, as in the planner's meta-device build)."""
+    emb = llm.model.get_input_embeddings().weight
+    if emb.is_meta:
+        return 0.02
+    rows = emb[: llm.vocab.image].detach().float()
+    return float(rows.pow(2).mean().sqrt())
+
+
 class VisionLLM(nn.Module):
     def __init__(
         self,
@@ -33,6 +48,7 @@ class VisionLLM(nn.Module):
         none_weight: float = 0.1,
         group_matching: str = "tokenizer",
         loss_weights: dict[str, float] | None = None,
+        token_scale: str = "free",
     ):
         super().__init__()
         self.image_tokenizer = image_tokenizer
@@ -41,6 +57,11 @@ class VisionLLM(nn.Module):
         # v_i = Linear(e_i) + MLP(sine(l_i))  [ours]
         self.token_proj = nn.Linear(d, H)
         self.loc_embed = MLP(d, H, H, 2)
+        # token_scale "embedding" [ours]: v_i RMS-normalized, times a learned gain that starts at
+        # the RMS of the LLM's own input embeddings (docs/design.md, "Image tokens' scale")
+        if token_scale not in ("free", "embedding"):
+            raise ValueError(f"token_scale must be 'free' or 'embedding', not {token_scale!r}")
+        self.token_gain = nn.Parameter(torch.tensor(_embedding_rms(llm))) if token_scale == "embedding" else None
         # [ours] class-slot logits also score the instruction's own <ck> in context (zero at init)
         self.class_pointer = nn.Linear(H, H, bias=False)
         nn.init.zeros_(self.class_pointer.weight)
@@ -59,6 +80,8 @@ class VisionLLM(nn.Module):
         toks = self.image_tokenizer(batch["images"], batch["pixel_mask"], batch["instructions"])
         anchors = toks.points.detach()  # answers are offsets from l_i; l_i itself is trained by its own loss
         v = self.token_proj(toks.embeds) + self.loc_embed(sine_embed(anchors, self.image_tokenizer.d_model // 2))
+        if self.token_gain is not None:
+            v = _rms(v) * self.token_gain.to(v.dtype)
         return toks, anchors, v
 
     def _structured_groups(self, requests) -> dict[int, list[int]]:
@@ -76,7 +99,10 @@ class VisionLLM(nn.Module):
         <ck> (which has read the name written before it) plus the mean input embedding of the
         name itself. A pretrained LLM binds names to tokens in context by itself; a small random
         one does not learn to within a CPU budget, and with the pointer it does [ours,
-        docs/design.md].
+        docs/design.md]. Both parts are RMS-normalized before they are added: the LLM's
+        output state has a norm near sqrt(H), a mean of input embeddings one near 0.02 sqrt(H),
+        and unscaled the name counted for 1 % of the sum, so an instruction's class slot
+        could hardly tell one referring expression from another (docs/design.md, "Class slots").
         """
         vocab = self.llm.vocab
         Lp = int(valid[idx].sum(1).max())
@@ -87,7 +113,7 @@ class VisionLLM(nn.Module):
         cls_logits = self.llm.logits(hidden[:, :, 0], cls_ids)  # (b, M, Kmax+1)
         positions = (ids[idx, :Lp, None] == cls_ids[None, None, :kmax]).float().argmax(1)  # (b, Kmax)
         ctx = prefix_hidden.gather(1, positions[..., None].expand(-1, -1, prefix_hidden.shape[-1]))  # (b, Kmax, H)
-        ctx = ctx + self._name_embeddings([requests[b].classes for b in idx], kmax)
+        ctx = _rms(ctx) + _rms(self._name_embeddings([requests[b].classes for b in idx], kmax))
         pointer = torch.einsum("bmh,bkh->bmk", hidden[:, :, 0], self.class_pointer(ctx))
         cls_logits = torch.cat([cls_logits[..., :kmax] + pointer, cls_logits[..., kmax:]], -1)
         for row, b in enumerate(idx):
@@ -97,9 +123,12 @@ class VisionLLM(nn.Module):
         return cls_logits, loc_logits
 
     def _name_embeddings(self, class_lists: list[list[str]], kmax: int) -> torch.Tensor:
-        """(b, Kmax, H) mean LLM input embedding of each class name's tokens (zeros past K)."""
+        """(b, Kmax, H) mean LLM input embedding of each class name's tokens (zeros past K).
+
+        Each name is tokenized after a space, so a word is the same token wherever it stands
+        ("circle" alone and in "the red circle" alike)."""
         names = sorted({n for names in class_lists for n in names})
-        enc = self.llm.tokenizer(names, add_special_tokens=False, padding=True, return_tensors="pt")
+        enc = self.llm.tokenizer([" " + n for n in names], add_special_tokens=False, padding=True, return_tensors="pt")
         device = self.class_pointer.weight.device
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device).float()
         emb = self.llm.embed(ids).float()  # (U, T, H)
