@@ -107,7 +107,7 @@ class DecoderLayer(nn.Module):
     """Query self-attention, then (``text_attn``) cross-attention to the BERT tokens, then
     deformable cross-attention into the encoder memory, then FFN.
 
-    The text step is Grounding DINO's decoder order [ours here]: each query reads the
+    The text step follows Grounding DINO's decoder [ours for VisionLLM]: each query reads the
     instruction itself, not only through the fused memory, so a referring expression can
     raise or lower a query whose own features match it, and the queries' self-attention in
     the next layer can compare candidates ("the leftmost circle")."""

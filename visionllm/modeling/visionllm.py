@@ -58,7 +58,7 @@ class VisionLLM(nn.Module):
         self.token_proj = nn.Linear(d, H)
         self.loc_embed = MLP(d, H, H, 2)
         # token_scale "embedding" [ours]: v_i RMS-normalized, times a learned gain that starts at
-        # the RMS of the LLM's own input embeddings (docs/design.md, "Image tokens' scale")
+        # the RMS of the LLM's own input embeddings (docs/design.md, "Referring")
         if token_scale not in ("free", "embedding"):
             raise ValueError(f"token_scale must be 'free' or 'embedding', not {token_scale!r}")
         self.token_gain = nn.Parameter(torch.tensor(_embedding_rms(llm))) if token_scale == "embedding" else None
