@@ -106,8 +106,10 @@ def load_config(ckpt_dir: str | Path) -> DictConfig:
     return cfg
 
 
-def load_weights(model, ckpt_dir: str | Path, cfg: DictConfig) -> None:
-    """Load a checkpoint's weights into a built model; every tensor it needs must be there."""
+def load_weights(model, ckpt_dir: str | Path, cfg: DictConfig, *, may_lack: tuple[str, ...] = ()) -> None:
+    """Load a checkpoint's weights into a built model; every tensor it needs must be there,
+    except those under the prefixes ``may_lack`` (parts that start as a no-op, which a later
+    stage may add to an earlier stage's model: the text readout)."""
     ckpt_dir = Path(ckpt_dir)
     weights = ckpt_dir / WEIGHTS
     if not weights.is_file():
@@ -118,7 +120,7 @@ def load_weights(model, ckpt_dir: str | Path, cfg: DictConfig) -> None:
     if unexpected:
         raise ValueError(f"checkpoint {ckpt_dir} holds weights this model does not have: {unexpected[:5]}")
     llm_pretrained = bool(OmegaConf.select(cfg, "model.llm.pretrained"))
-    bad = [k for k in missing if not (llm_pretrained and k.startswith("llm.model."))]
+    bad = [k for k in missing if not (llm_pretrained and k.startswith("llm.model.")) and not k.startswith(may_lack)]
     if bad:
         raise ValueError(f"checkpoint {ckpt_dir} lacks weights: {bad[:5]}")
 

@@ -19,7 +19,9 @@ def build_visionllm(
     group_matching: str = "tokenizer",
     loss_weights: dict | None = None,
     token_scale: str = "free",
+    text_readout: bool = False,
 ) -> VisionLLM:
     tokenizer = ImageTokenizer(backbone=backbone, text_encoder=text_encoder, **dict(image_tokenizer))
     return VisionLLM(image_tokenizer=tokenizer, llm=llm, none_weight=none_weight,
-                     group_matching=group_matching, loss_weights=loss_weights, token_scale=token_scale)
+                     group_matching=group_matching, loss_weights=loss_weights, token_scale=token_scale,
+                     text_readout=text_readout)

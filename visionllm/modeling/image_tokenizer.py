@@ -15,6 +15,9 @@ the pixels under the token look like back into it, whatever the deformable layer
 after run 3 of docs/results.md; off by default: there box AP fell and the LLM still did not
 read the colour).
 
+The same samples are returned as ``pixels`` whatever ``point_features`` says: the text readout
+reads them (docs/design.md, "Text readout").
+
 ``checkpointing``: in training, each encoder and decoder layer keeps only its inputs and
 recomputes its activations in the backward pass (``torch.utils.checkpoint``, non-reentrant),
 trading one more forward for the memory of every layer's attention and FFN activations.
@@ -51,6 +54,7 @@ class ImageTokens:
     points: torch.Tensor  # (B, M, 2) l_i, (x, y) in [0, 1]
     layer_logits: torch.Tensor  # (D, B, M) objectness per decoder layer
     layer_points: torch.Tensor  # (D, B, M, 2) refined centres per decoder layer
+    pixels: torch.Tensor | None = None  # (B, M, C) the finest backbone level sampled at l_i
 
 
 class ImageTokenizer(nn.Module):
@@ -145,10 +149,11 @@ class ImageTokenizer(nn.Module):
             points.append(new_ref)
             ref = new_ref.detach()  # Deformable DETR: no gradient through the next layer's reference
         embeds = tgt
+        grid = 2 * ref[:, :, None, :] - 1  # (B, M, 1, 2) in grid_sample's [-1, 1], canvas-normalized
+        pixels = F.grid_sample(levels[0], grid, mode="bilinear", align_corners=False)[..., 0].transpose(1, 2)
         if self.point_proj is not None:
-            grid = 2 * ref[:, :, None, :] - 1  # (B, M, 1, 2) in grid_sample's [-1, 1], canvas-normalized
-            sampled = F.grid_sample(levels[0], grid, mode="bilinear", align_corners=False)[..., 0]  # (B, C, M)
-            embeds = tgt + self.point_proj(sampled.transpose(1, 2))
+            embeds = tgt + self.point_proj(pixels)
         return ImageTokens(
-            embeds=embeds, points=points[-1], layer_logits=torch.stack(logits), layer_points=torch.stack(points)
+            embeds=embeds, points=points[-1], layer_logits=torch.stack(logits), layer_points=torch.stack(points),
+            pixels=pixels,
         )

@@ -18,15 +18,12 @@ from visionllm.modeling.deformable import MLP, sine_embed
 from visionllm.modeling.image_tokenizer import ImageTokenizer
 from visionllm.modeling.llm import LLM
 from visionllm.modeling.losses import answer_loss, global_counts, tokenizer_loss
+from visionllm.modeling.readout import TextReadout
+from visionllm.modeling.readout import rms as _rms
 from visionllm.tasks.instructions import Request
 from visionllm.vocab import LOC_HALF
 
 TEXT_PASS = 10**6  # the text pass's key among the structured passes' point counts, sorted last
-
-
-def _rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Scale each vector to unit root mean square (norm sqrt(H)), as an RMSNorm without a gain."""
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 
 
 def _embedding_rms(llm: LLM) -> float:
@@ -49,6 +46,7 @@ class VisionLLM(nn.Module):
         group_matching: str = "tokenizer",
         loss_weights: dict[str, float] | None = None,
         token_scale: str = "free",
+        text_readout: bool = False,
     ):
         super().__init__()
         self.image_tokenizer = image_tokenizer
@@ -65,6 +63,8 @@ class VisionLLM(nn.Module):
         # [ours] class-slot logits also score the instruction's own <ck> in context (zero at init)
         self.class_pointer = nn.Linear(H, H, bias=False)
         nn.init.zeros_(self.class_pointer.weight)
+        # [ours] text answers may read the image tokens directly (readout.py; docs/design.md)
+        self.text_readout = TextReadout(H, pixel_dim=d) if text_readout else None
         self.none_weight = none_weight
         if group_matching not in ("tokenizer", "hungarian"):
             raise ValueError(f"group_matching must be 'tokenizer' or 'hungarian', not {group_matching!r}")
@@ -128,16 +128,31 @@ class VisionLLM(nn.Module):
         Each name is tokenized after a space, so a word is the same token wherever it stands
         ("circle" alone and in "the red circle" alike)."""
         names = sorted({n for names in class_lists for n in names})
-        enc = self.llm.tokenizer([" " + n for n in names], add_special_tokens=False, padding=True, return_tensors="pt")
-        device = self.class_pointer.weight.device
-        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device).float()
-        emb = self.llm.embed(ids).float()  # (U, T, H)
-        mean = (emb * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        mean = self._mean_embeddings(names)
         row = {n: i for i, n in enumerate(names)}
         out = mean.new_zeros(len(class_lists), kmax, mean.shape[-1])
         for b, names_b in enumerate(class_lists):
             out[b, : len(names_b)] = mean[[row[n] for n in names_b]]
         return out
+
+    def _mean_embeddings(self, texts: list[str]) -> torch.Tensor:
+        """(U, H) mean LLM input embedding of each text's tokens, tokenized after a space."""
+        enc = self.llm.tokenizer([" " + t for t in texts], add_special_tokens=False, padding=True, return_tensors="pt")
+        device = self.class_pointer.weight.device
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device).float()
+        emb = self.llm.embed(ids).float()  # (U, T, H)
+        return (emb * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+
+    def _questions(self, instructions: list[str]) -> torch.Tensor:
+        """(B, H) what a text request asks, for the text readout: the mean word embedding of
+        its instruction's last line (a conversation's current question; a caption request)."""
+        last = [next((ln for ln in reversed(t.replace("<image>", "").splitlines()) if ln.strip()), " ") for t in instructions]
+        return self._mean_embeddings(last)
+
+    def _read(self, hidden: torch.Tensor, question: torch.Tensor, tokens: tuple) -> torch.Tensor:
+        """``hidden`` (B, T, H) after the text readout of ``tokens`` (v (B, M, H), pixels
+        (B, M, C) or None), or as it is without a readout."""
+        return hidden if self.text_readout is None else self.text_readout(hidden, question, *tokens)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         requests, targets = batch["requests"], batch["targets"]
@@ -177,7 +192,8 @@ class VisionLLM(nn.Module):
         idle = v.new_zeros(())
         for kind in self._pass_order(kinds):
             if kind == TEXT_PASS and text_rows:
-                losses["loss_text"] = self._text_loss(prefix, valid, text_rows, answers, ids, context) / text_norm
+                losses["loss_text"] = self._text_loss(prefix, valid, text_rows, answers, ids, context,
+                                                      v=(v, toks.pixels), instructions=batch["instructions"]) / text_norm
             elif kind in groups:
                 self._structured_losses(sums, prefix, valid, ids, v, anchors, groups[kind], kind, requests, targets,
                                         assignment)
@@ -193,6 +209,8 @@ class VisionLLM(nn.Module):
             losses["loss_tok_obj"] = 0.0 * (toks.layer_logits.sum() + toks.layer_points.sum())
         if not sums:
             losses["loss_cls"] = 0.0 * self.class_pointer.weight.sum()
+        if self.text_readout is not None and not text_rows:
+            losses["loss_text"] = 0.0 * sum(p.sum() for p in self.text_readout.parameters())
         if self.lockstep:
             losses["loss_cls"] = losses["loss_cls"] + idle
         for k in list(losses):
@@ -234,7 +252,8 @@ class VisionLLM(nn.Module):
     def _idle_pass(self, prefix, valid, ids, v, kind: int) -> torch.Tensor:
         """A pass of ``kind`` on the first sample with a stand-in request, times zero."""
         if kind == TEXT_PASS:
-            return 0.0 * self._text_loss(prefix, valid, [0], [[self.llm.tokenizer.eos_token_id]])
+            return 0.0 * self._text_loss(prefix, valid, [0], [[self.llm.tokenizer.eos_token_id]], v=(v, None),
+                                         instructions=[""] * v.shape[0])
         stand_in = {0: Request(kind="boxes" if kind == 2 else "polygons", classes=["object"], num_points=kind)}
         cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, [0], kind, stand_in)
         return 0.0 * (cls_logits.sum() + loc_logits.sum())
@@ -244,11 +263,13 @@ class VisionLLM(nn.Module):
         tok = self.llm.tokenizer
         return tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
-    def _text_loss(self, prefix, valid, rows: list[int], answers: list[list[int]], ids=None, context=None) -> torch.Tensor:
+    def _text_loss(self, prefix, valid, rows: list[int], answers: list[list[int]], ids=None, context=None, *,
+                   v=None, instructions=None) -> torch.Tensor:
         """Summed next-token cross-entropy on each answer after the <bos> query, and on the
         prefix tokens at ``context`` positions (per row: earlier answers of a conversation,
         ``ids`` their token ids); the caller divides by the answer tokens of all processes (as
-        the box losses divide by objects)."""
+        the box losses divide by objects). ``v`` (the image tokens and their pixels, or None)
+        and ``instructions`` feed the text readout, where the model has one."""
         vocab = self.llm.vocab
         seqs, label_rows = [], []
         for b, ans in zip(rows, answers):
@@ -264,6 +285,10 @@ class VisionLLM(nn.Module):
             embeds[i, : s.shape[0]] = s
             mask[i, : s.shape[0]] = 1
         hidden = self.llm.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        if self.text_readout is not None:
+            tokens, pixels = v
+            hidden = self._read(hidden, self._questions([instructions[b] for b in rows]),
+                                (tokens[rows], None if pixels is None else pixels[rows]))
         picked = [hidden[i, n : n + len(ans)] for i, (n, ans) in enumerate(label_rows)]
         labels = [torch.tensor(ans, device=prefix.device) for _, ans in label_rows]
         for i, (b, pos) in enumerate(zip(rows, context or [])):
@@ -294,20 +319,40 @@ class VisionLLM(nn.Module):
                           "objectness": toks.layer_logits[-1, b].sigmoid()}
         for b, r in enumerate(requests):
             if not r.structured:
-                out[b] = {"text": self.generate_text(prefix[b : b + 1, : int(valid[b].sum())], max_new_tokens)}
+                out[b] = {"text": self.generate_text(prefix[b : b + 1, : int(valid[b].sum())], max_new_tokens,
+                                                     image_tokens=(v[b : b + 1], toks.pixels[b : b + 1]),
+                                                     instruction=batch["instructions"][b])}
         return out
 
-    def generate_text(self, prefix: torch.Tensor, max_new_tokens: int) -> str:
-        """Token-by-token text with the KV cache (``generate``), for captions and answers."""
+    def generate_text(self, prefix: torch.Tensor, max_new_tokens: int, *, image_tokens: tuple | None = None,
+                      instruction: str = "") -> str:
+        """Token-by-token text with the KV cache, for captions and answers: ``generate`` itself,
+        or with the text readout (``image_tokens`` = (v (1, M, H), pixels (1, M, C)) then
+        required) a greedy loop of our own over the same cache."""
         tok = self.llm.tokenizer
         bos = self.llm.embed(torch.tensor([[self.llm.vocab.bos]], device=prefix.device))
         embeds = torch.cat([prefix, bos], 1)
-        ids = self.llm.model.generate(
-            inputs_embeds=embeds,
-            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=prefix.device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-        return tok.decode(ids[0], skip_special_tokens=True).strip()
+        if self.text_readout is None:
+            ids = self.llm.model.generate(
+                inputs_embeds=embeds,
+                attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=prefix.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+            return tok.decode(ids[0], skip_special_tokens=True).strip()
+        if image_tokens is None:
+            raise ValueError("a model with a text readout needs the image tokens to generate text")
+        question = self._questions([instruction])
+        out = self.llm.decoder(inputs_embeds=embeds, use_cache=True)
+        new: list[int] = []
+        for _ in range(max_new_tokens):
+            hidden = self._read(out.last_hidden_state[:, -1:], question, image_tokens)
+            nxt = int(self.llm.logits(hidden)[0, -1].argmax())
+            if nxt == tok.eos_token_id:
+                break
+            new.append(nxt)
+            step = self.llm.embed(torch.tensor([[nxt]], device=prefix.device))
+            out = self.llm.decoder(inputs_embeds=step, past_key_values=out.past_key_values, use_cache=True)
+        return tok.decode(new, skip_special_tokens=True).strip()
