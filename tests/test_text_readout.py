@@ -7,6 +7,8 @@ from safetensors.torch import save_file
 
 from tests.helpers import tiny_model_and_sets
 from visionllm.modeling.readout import TextReadout
+from visionllm.modeling.visionllm import question_line
+from visionllm.tasks.vqa import answer_spans, question_text
 
 
 def test_a_lookup_by_name_is_learnt():
@@ -53,6 +55,26 @@ def test_gates_add_up_rather_than_average():
         TextReadout(10, num_heads=4)
 
 
+def test_each_turn_of_a_conversation_is_read_with_its_own_question():
+    """An earlier answer's positions get the question it answered, not the last one."""
+    pairs = [("<image>\nWhat color is the star?", "red"), ("How many circles are there?", "2"),
+             ("Is there a square?", "no")]
+    text = question_text(pairs, 2)
+    spans = answer_spans(text, pairs, 2)
+    assert [question_line(text[:a]) for a, _ in spans] == ["What color is the star?", "How many circles are there?"]
+    assert question_line(text) == "Is there a square?"
+    assert question_line("<image>") == " "
+    # a per-position question (B, T, H) gives each position the gates of its own question
+    torch.manual_seed(0)
+    readout = TextReadout(16, num_heads=2)
+    hidden, tokens = torch.randn(1, 2, 16), torch.randn(1, 4, 16)
+    q1, q2 = torch.randn(1, 16), torch.randn(1, 16)
+    per_position = readout.gates(hidden, torch.stack([q1, q2], 1), tokens)
+    torch.testing.assert_close(per_position[:, :, :1], readout.gates(hidden, q1, tokens)[:, :, :1])
+    torch.testing.assert_close(per_position[:, :, 1:], readout.gates(hidden, q2, tokens)[:, :, 1:])
+    assert not torch.allclose(per_position[:, :, 1:], readout.gates(hidden, q1, tokens)[:, :, 1:])
+
+
 def test_starts_as_a_no_op_and_then_reads_the_image(shapes_root, tmp_path):
     """At init the model with a readout answers and scores text exactly as the one without it
     (its output projection is zero; its own greedy loop gives what ``generate`` gives); the text
@@ -62,7 +84,9 @@ def test_starts_as_a_no_op_and_then_reads_the_image(shapes_root, tmp_path):
 
     model, ds = tiny_model_and_sets(shapes_root, tmp_path, ["model.text_readout=true"])
     model.eval()
-    samples = [ds.sets["vqa"][0], ds.sets["caption"][0]]
+    # a later turn of a conversation: its earlier answers are learned too, each with its question
+    vqa = next(x for x in (ds.sets["vqa"][i] for i in range(len(ds.sets["vqa"]))) if x["target"]["context_spans"])
+    samples = [vqa, ds.sets["caption"][0]]
     batch = collate(samples)
     readout = model.text_readout
     with torch.no_grad():

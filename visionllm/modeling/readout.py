@@ -51,10 +51,13 @@ class TextReadout(nn.Module):
 
     def gates(self, hidden: torch.Tensor, question: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
         """(B, heads, T, M) gates of ``hidden`` (B, T, H) over the tokens ``src`` (B, M, H, from
-        ``source``), given the question's mean word embedding (B, H)."""
+        ``source``), given the question's mean word embedding: (B, H), or (B, T, H) where
+        positions answer different questions (the turns of a conversation)."""
         B, T, H = hidden.shape
         nh, dh = self.num_heads, H // self.num_heads
-        q = self.q(rms(hidden.float()) + rms(question.float())[:, None]).view(B, T, nh, dh).transpose(1, 2)
+        if question.dim() == 2:
+            question = question[:, None]
+        q = self.q(rms(hidden.float()) + rms(question.float())).view(B, T, nh, dh).transpose(1, 2)
         k = self.k(src).view(B, -1, nh, dh).transpose(1, 2)
         return torch.sigmoid(q @ k.transpose(-1, -2) / dh**0.5 + self.gate_bias[:, None, None])
 

@@ -8,6 +8,7 @@ text requests by ordinary generation.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 import torch
@@ -24,6 +25,13 @@ from visionllm.tasks.instructions import Request
 from visionllm.vocab import LOC_HALF
 
 TEXT_PASS = 10**6  # the text pass's key among the structured passes' point counts, sorted last
+
+
+def question_line(text: str) -> str:
+    """What ``text`` (an instruction, or one cut just before an earlier answer) asks last: its
+    last non-empty line without <image> and a conversation's "Q:" and "A:" marks."""
+    line = next((ln for ln in reversed(text.replace("<image>", "").splitlines()) if ln.strip()), " ")
+    return re.sub(r"^\s*Q:\s*|\s*A:\s*$", "", line) or " "
 
 
 def _embedding_rms(llm: LLM) -> float:
@@ -146,8 +154,7 @@ class VisionLLM(nn.Module):
     def _questions(self, instructions: list[str]) -> torch.Tensor:
         """(B, H) what a text request asks, for the text readout: the mean word embedding of
         its instruction's last line (a conversation's current question; a caption request)."""
-        last = [next((ln for ln in reversed(t.replace("<image>", "").splitlines()) if ln.strip()), " ") for t in instructions]
-        return self._mean_embeddings(last)
+        return self._mean_embeddings([question_line(t) for t in instructions])
 
     def _read(self, hidden: torch.Tensor, question: torch.Tensor, tokens: tuple) -> torch.Tensor:
         """``hidden`` (B, T, H) after the text readout of ``tokens`` (v (B, M, H), pixels
@@ -167,6 +174,13 @@ class VisionLLM(nn.Module):
         # the earlier answers of a conversation, inside the instruction, are learned as well
         context = [
             span_positions(self.llm, batch["instructions"][b], targets[b].get("context_spans") or [], v.shape[1])
+            for b in text_rows
+        ]
+        # the text readout reads each earlier answer with its own question, not the last one
+        turns = None if self.text_readout is None else [
+            [(question_line(batch["instructions"][b][:a]),
+              span_positions(self.llm, batch["instructions"][b], [(a, e)], v.shape[1]))
+             for a, e in targets[b].get("context_spans") or []]
             for b in text_rows
         ]
         # Normalizers over all processes, in one all-reduce on every step before any branch and
@@ -193,7 +207,8 @@ class VisionLLM(nn.Module):
         for kind in self._pass_order(kinds):
             if kind == TEXT_PASS and text_rows:
                 losses["loss_text"] = self._text_loss(prefix, valid, text_rows, answers, ids, context,
-                                                      v=(v, toks.pixels), instructions=batch["instructions"]) / text_norm
+                                                      v=(v, toks.pixels), instructions=batch["instructions"],
+                                                      turns=turns) / text_norm
             elif kind in groups:
                 self._structured_losses(sums, prefix, valid, ids, v, anchors, groups[kind], kind, requests, targets,
                                         assignment)
@@ -264,12 +279,13 @@ class VisionLLM(nn.Module):
         return tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
     def _text_loss(self, prefix, valid, rows: list[int], answers: list[list[int]], ids=None, context=None, *,
-                   v=None, instructions=None) -> torch.Tensor:
+                   v=None, instructions=None, turns=None) -> torch.Tensor:
         """Summed next-token cross-entropy on each answer after the <bos> query, and on the
         prefix tokens at ``context`` positions (per row: earlier answers of a conversation,
         ``ids`` their token ids); the caller divides by the answer tokens of all processes (as
-        the box losses divide by objects). ``v`` (the image tokens and their pixels, or None)
-        and ``instructions`` feed the text readout, where the model has one."""
+        the box losses divide by objects). ``v`` (the image tokens and their pixels, or None),
+        ``instructions`` and ``turns`` (per row: (question, positions) of each earlier answer)
+        feed the text readout, where the model has one."""
         vocab = self.llm.vocab
         seqs, label_rows = [], []
         for b, ans in zip(rows, answers):
@@ -287,8 +303,13 @@ class VisionLLM(nn.Module):
         hidden = self.llm.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
         if self.text_readout is not None:
             tokens, pixels = v
-            hidden = self._read(hidden, self._questions([instructions[b] for b in rows]),
-                                (tokens[rows], None if pixels is None else pixels[rows]))
+            question = self._questions([instructions[b] for b in rows])[:, None].expand(-1, L, -1).clone()
+            earlier = [(i, q, pos) for i, row in enumerate(turns or []) for q, pos in row if pos]
+            if earlier:
+                asked = self._mean_embeddings([q for _, q, _ in earlier])
+                for (i, _, pos), e in zip(earlier, asked):
+                    question[i, torch.tensor(pos, device=prefix.device) - 1] = e  # p - 1 predicts p
+            hidden = self._read(hidden, question, (tokens[rows], None if pixels is None else pixels[rows]))
         picked = [hidden[i, n : n + len(ans)] for i, (n, ans) in enumerate(label_rows)]
         labels = [torch.tensor(ans, device=prefix.device) for _, ans in label_rows]
         for i, (b, pos) in enumerate(zip(rows, context or [])):
