@@ -19,7 +19,7 @@ readers (``visionllm.data``) load both:
 
 Usage::
 
-    python datasets_prep/make_shapes.py --out data/shapes [--seed 0] [--train 4000] [--val 300]
+    python datasets_prep/make_shapes.py --out data/shapes [--seed 0] [--train 4000] [--val 300] [--vqa-turns 3]
 
 Each image is drawn from ``np.random.default_rng([seed, split_id, index])`` so the output
 is byte-identical for the same arguments, independently of the number of workers.
@@ -69,7 +69,7 @@ def image_id(split: str, index: int) -> int:
 
 def _generate_one(job: tuple) -> dict:
     """Worker: draw, save and describe one image (pure function of its job tuple)."""
-    out, seed, split, index = job
+    out, seed, split, index, vqa_turns = job
     split_id = SPLITS.index(split)
     image, scene = make_scene(np.random.default_rng([seed, split_id, index]))
     iid = image_id(split, index)
@@ -79,7 +79,7 @@ def _generate_one(job: tuple) -> dict:
     trng = np.random.default_rng([seed, split_id, index, 1])
     caps = language.captions(scene, trng)
     refs = language.referring_expressions(scene, trng)
-    conv = language.conversation(scene, trng, detailed_caption=caps[-1])
+    conv = language.conversation(scene, trng, detailed_caption=caps[-1], max_short=vqa_turns)
     return {"split": split, "index": index, "image_id": iid, "file_name": file_name,
             "scene": scene, "captions": caps, "refs": refs, "conversation": conv}
 
@@ -185,11 +185,14 @@ def _assemble(records: list[dict], out: Path, n_val: int) -> dict:
 
 
 def make_shapes(out, *, seed: int = 0, train: int = 4000, val: int = 300,
-                workers: int | None = None, force: bool = False, progress: bool = True) -> Path:
+                workers: int | None = None, force: bool = False, progress: bool = True,
+                vqa_turns: int = 3) -> Path:
     """Generate the data set under ``out`` (skipped if already generated with these args)."""
     out = Path(out)
+    if vqa_turns < 2:
+        raise ValueError(f"vqa_turns must be at least 2, not {vqa_turns}")
     args = {"seed": int(seed), "train": int(train), "val": int(val), "version": VERSION,
-            "code": code_fingerprint()}
+            "code": code_fingerprint(), "vqa_turns": int(vqa_turns)}
     meta_path = out / "meta.json"
     if meta_path.exists() and not force:
         try:
@@ -210,7 +213,7 @@ def make_shapes(out, *, seed: int = 0, train: int = 4000, val: int = 300,
     for s in SPLITS:
         (out / SPLIT_DIRS[s]).mkdir(exist_ok=True)
 
-    jobs = [(str(out), int(seed), s, i) for s, n in (("train", train), ("val", val))
+    jobs = [(str(out), int(seed), s, i, int(vqa_turns)) for s, n in (("train", train), ("val", val))
             for i in range(n)]
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
@@ -249,8 +252,12 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="processes (default: min(2, cpu_count))")
     p.add_argument("--force", action="store_true", help="regenerate even if up to date")
+    p.add_argument("--vqa-turns", type=int, default=3,
+                   help="most short answers per conversation (default 3: 2 or 3 of distinct types; "
+                        "more: every question the scene allows, up to this many)")
     a = p.parse_args(argv)
-    make_shapes(a.out, seed=a.seed, train=a.train, val=a.val, workers=a.workers, force=a.force)
+    make_shapes(a.out, seed=a.seed, train=a.train, val=a.val, workers=a.workers, force=a.force,
+                vqa_turns=a.vqa_turns)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,25 @@ def test_deterministic_and_seed_dependent(shapes_root, tmp_path):
     assert (other / png).read_bytes() != (shapes_root / png).read_bytes()
 
 
+def test_longer_conversations_on_the_same_images(shapes_root, tmp_path):
+    """--vqa-turns N asks every question the scene allows, up to N, about the same pictures."""
+    import pytest
+
+    many = make_shapes(tmp_path / "many", seed=0, train=16, val=8, workers=1, progress=False, vqa_turns=10)
+    rel = "llava/llava_instruct_train.json"
+
+    def short_answers(root):
+        return [sum(len(c["value"].split()) <= 2 for c in r["conversations"][1::2])
+                for r in json.loads((root / rel).read_text())]
+
+    few, more = short_answers(shapes_root), short_answers(many)
+    assert max(few) <= 3 and max(more) <= 10 and sum(more) > 2 * sum(few)
+    png = "train2017/000000000003.png"
+    assert (many / png).read_bytes() == (shapes_root / png).read_bytes()
+    with pytest.raises(ValueError, match="at least 2"):
+        make_shapes(tmp_path / "bad", seed=0, train=2, val=2, workers=1, progress=False, vqa_turns=1)
+
+
 def test_parallel_matches_serial(tmp_path):
     # 68 jobs: enough for make_shapes to actually use the process pool.
     a = make_shapes(tmp_path / "a", seed=3, train=60, val=8, workers=1, progress=False)

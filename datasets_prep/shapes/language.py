@@ -353,8 +353,10 @@ def vqa_pairs(scene: dict, rng: np.random.Generator) -> list[tuple[str, str, str
     return qs
 
 
-def conversation(scene: dict, rng: np.random.Generator, detailed_caption: str) -> list[dict]:
-    """A LLaVA-style multi-turn conversation: 2-3 short QA pairs, maybe one long answer."""
+def conversation(scene: dict, rng: np.random.Generator, detailed_caption: str,
+                 max_short: int = 3) -> list[dict]:
+    """A LLaVA-style multi-turn conversation: 2 to ``max_short`` short QA pairs (as many as the
+    scene has questions for, past 3), maybe one long answer."""
     qs = vqa_pairs(scene, rng)
     # Prefer distinct question types so a conversation is not three counting questions.
     order = rng.permutation(len(qs))
@@ -363,7 +365,10 @@ def conversation(scene: dict, rng: np.random.Generator, detailed_caption: str) -
         if qs[i][0] not in seen:
             chosen.append(qs[i])
             seen.add(qs[i][0])
-    chosen = chosen[: int(rng.integers(2, 4))]
+    if max_short <= 3:
+        chosen = chosen[: int(rng.integers(2, max_short + 1))]
+    else:  # every type first, then more of each, up to max_short
+        chosen = (chosen + [qs[i] for i in order if qs[i] not in chosen])[:max_short]
     turns = [(q, a) for _, q, a in chosen]
     if rng.random() < 0.3:
         ask = _pick(rng, ["Describe the image in detail.", "What is in this picture?",
