@@ -21,6 +21,14 @@ from .io import load_image, read_json
 _REQUIRED = ("images", "annotations", "categories")
 
 
+def object_name(obj: dict) -> str:
+    """An object in words: its attributes, then its category ("red circle"); a name that
+    already holds an attribute word (a described class set's "red shape") keeps it once."""
+    name = str(obj["category_name"])
+    words = name.split()
+    return " ".join([*(a for a in obj.get("attributes") or () if a not in words), name])
+
+
 def load_coco(ann_file, what: str = "COCO instances annotation file") -> COCO:
     """A ``COCO`` object for ``ann_file``, with clear errors for missing/empty/non-COCO files."""
     data = read_json(ann_file, what)

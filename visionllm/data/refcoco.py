@@ -19,6 +19,7 @@ from pathlib import Path
 
 from torch.utils.data import ConcatDataset, Dataset
 
+from .coco import object_name
 from .io import load_image, read_json, require_file
 
 
@@ -61,7 +62,8 @@ class RefCocoGrounding(Dataset):
 
         {"image": PIL.Image (RGB), "image_id": int, "file_name": str,
          "width": int, "height": int, "expression": str, "bbox": [x, y, w, h],
-         "ref_id": int, "sent_id": int, "split": str, "category_id": int}
+         "ref_id": int, "sent_id": int, "split": str, "category_id": int,
+         "object_name": str (the referred object's attributes and category, "red circle")}
     """
 
     def __init__(self, *, root, dataset: str = "refcoco", split_by: str = "unc",
@@ -84,6 +86,7 @@ class RefCocoGrounding(Dataset):
                              f"available: {available}")
         self.images = {im["id"]: im for im in inst["images"]}
         anns = {a["id"]: a for a in inst["annotations"]}
+        categories = {c["id"]: c.get("name", str(c["id"])) for c in inst.get("categories") or []}
         excluded = set(exclude_image_ids or ())
         self.samples = []
         for r in refs:
@@ -93,6 +96,10 @@ class RefCocoGrounding(Dataset):
             if ann is None or r["image_id"] not in self.images:
                 raise ValueError(f"ref {r['ref_id']} points to annotation {r['ann_id']} / "
                                  f"image {r['image_id']} missing from {ds_dir / 'instances.json'}")
+            category_id = int(r.get("category_id", ann["category_id"]))
+            # the referred object in words ("red circle"), for the token-naming loss
+            name = object_name({"category_name": categories.get(category_id, str(category_id)),
+                                "attributes": ann.get("attributes")})
             for s in r["sentences"]:
                 # "sent" is the cleaned, lower-cased form the published benchmarks use.
                 text = (s.get("sent") or s.get("raw") or "").strip()
@@ -100,7 +107,7 @@ class RefCocoGrounding(Dataset):
                     "image_id": int(r["image_id"]), "expression": text,
                     "bbox": [float(v) for v in ann["bbox"]], "ref_id": int(r["ref_id"]),
                     "sent_id": int(s["sent_id"]), "split": r["split"],
-                    "category_id": int(r.get("category_id", ann["category_id"]))})
+                    "category_id": category_id, "object_name": name})
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -117,7 +124,7 @@ class RefCocoGrounding(Dataset):
                 "width": int(info.get("width", image.width)),
                 "height": int(info.get("height", image.height)),
                 **{k: s[k] for k in ("expression", "bbox", "ref_id", "sent_id", "split",
-                                     "category_id")}}
+                                     "category_id", "object_name")}}
 
 
 def merged_grounding(root, specs, splits=("train",), image_root=None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -55,6 +56,8 @@ class VisionLLM(nn.Module):
         loss_weights: dict[str, float] | None = None,
         token_scale: str = "free",
         text_readout: bool = False,
+        token_names: float = 0.0,
+        token_names_layer: int = 1,
     ):
         super().__init__()
         self.image_tokenizer = image_tokenizer
@@ -73,6 +76,13 @@ class VisionLLM(nn.Module):
         nn.init.zeros_(self.class_pointer.weight)
         # [ours] text answers may read the image tokens directly (readout.py; docs/design.md)
         self.text_readout = TextReadout(H, pixel_dim=d) if text_readout else None
+        # [ours] each image token matched to an object names it in words, read through the
+        # LLM's own head at one layer (docs/design.md, "Token naming"); the weight, 0 = off
+        num_layers = len(llm.decoder.layers)
+        if not 0 <= token_names_layer <= num_layers:
+            raise ValueError(f"token_names_layer must be in 0..{num_layers} (0: the LLM's input, k: the output of "
+                             f"its k-th layer), not {token_names_layer}")
+        self.token_names, self.token_names_layer = float(token_names), int(token_names_layer)
         self.none_weight = none_weight
         if group_matching not in ("tokenizer", "hungarian"):
             raise ValueError(f"group_matching must be 'tokenizer' or 'hungarian', not {group_matching!r}")
@@ -167,6 +177,7 @@ class VisionLLM(nn.Module):
         # the tokenizer learns from samples that name their objects (not from captions or answers)
         rows = [b for b, t in enumerate(targets) if t.get("centers") is not None]
         assignment: dict[int, tuple] = {}
+        matched: dict[int, tuple] = {}  # row -> (tokens, objects) of the tokenizer's matching
         losses = {}
         groups = self._structured_groups(requests)
         text_rows = [b for b, r in enumerate(requests) if not r.structured]
@@ -197,9 +208,10 @@ class VisionLLM(nn.Module):
                 toks.layer_logits[:, rows], toks.layer_points[:, rows], [targets[b]["centers"].to(v.device) for b in rows],
                 num=tok_norm,
             )
+            matched = dict(zip(rows, assigned))
             if self.group_matching == "tokenizer":
                 # group i answers for the object its image token was matched to [ours]
-                assignment = dict(zip(rows, assigned))
+                assignment = matched
         prefix, valid, ids = splice_image_tokens(self.llm, batch["instructions"], v)
         kinds = sorted(groups) + ([TEXT_PASS] if text_rows else [])
         sums: dict[str, torch.Tensor] = defaultdict(lambda: v.new_zeros(()))
@@ -211,7 +223,7 @@ class VisionLLM(nn.Module):
                                                       turns=turns) / text_norm
             elif kind in groups:
                 self._structured_losses(sums, prefix, valid, ids, v, anchors, groups[kind], kind, requests, targets,
-                                        assignment)
+                                        assignment, matched)
             else:  # a pass another rank needs and this batch does not: it counts zero
                 idle = idle + self._idle_pass(prefix, valid, ids, v, kind)
         for k, val in sums.items():
@@ -233,10 +245,16 @@ class VisionLLM(nn.Module):
         losses["loss"] = sum(losses.values())
         return losses
 
-    def _structured_losses(self, sums, prefix, valid, ids, v, anchors, idx, n_pts, requests, targets, assignment):
+    def _structured_losses(self, sums, prefix, valid, ids, v, anchors, idx, n_pts, requests, targets, assignment,
+                           matched=None):
         """One LLM pass for the rows of ``idx`` (all asking for ``n_pts`` points); adds their
-        summed box/polygon/class losses into ``sums``."""
-        cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, idx, n_pts, requests)
+        summed box/polygon/class losses (and token-naming loss) into ``sums``."""
+        with self._layer_output() as seen:
+            cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, idx, n_pts, requests)
+        if self.token_names > 0:
+            states = seen.get("out", prefix[idx])  # layer 0: the LLM's input
+            sums["loss_names"] = sums["loss_names"] + self.token_names * self._naming_loss(
+                states, ids[idx], [targets[b].get("names") for b in idx], [(matched or {}).get(b) for b in idx])
         for row, b in enumerate(idx):
             K = len(requests[b].classes)
             keep = torch.cat([torch.arange(K), torch.tensor([cls_logits.shape[-1] - 1])]).to(v.device)
@@ -253,6 +271,49 @@ class VisionLLM(nn.Module):
             )
             for k, val in parts.items():
                 sums[k] = sums[k] + val
+
+    @contextmanager
+    def _layer_output(self):
+        """Within: the output of the LLM layer the token-naming loss reads (its first call,
+        in ``seen["out"]``); nothing is hooked where the loss is off or reads the input."""
+        seen: dict = {}
+        if self.token_names <= 0 or self.token_names_layer == 0:
+            yield seen
+            return
+        layer = self.llm.decoder.layers[self.token_names_layer - 1]
+        hook = layer.register_forward_hook(lambda _m, _args, out: seen.setdefault("out", out))
+        try:
+            yield seen
+        finally:
+            hook.remove()
+
+    def _naming_loss(self, states, ids, names, matches) -> torch.Tensor:
+        """Summed cross-entropy of the LLM head's words at each matched image token's position
+        against the words of its object's name, each word an equal share ("red circle": half
+        "red", half "circle"). ``states`` (b, T, H) one layer's output over the rows' sequences
+        (prefix first), ``ids`` (b, L) their prefix token ids, per row the objects' ``names``
+        and the tokenizer's (tokens, objects) match, either None where there are none."""
+        vocab = self.llm.vocab
+        picked, wanted = [], []
+        for row, (row_names, match) in enumerate(zip(names, matches)):
+            if not row_names or match is None or len(match[0]) == 0:
+                continue
+            at = (ids[row] == vocab.image).nonzero()[:, 0]  # the M image-token positions, in order
+            tokens, objects = match
+            picked.append(states[row, at[tokens.to(at.device)]])
+            wanted += [row_names[j] for j in objects.tolist()]
+        if not picked:
+            return states.new_zeros(()).float()
+        unique = sorted(set(wanted))
+        enc = self.llm.tokenizer([" " + n for n in unique], add_special_tokens=False)["input_ids"]
+        target = torch.zeros(len(unique), vocab.image, device=states.device)
+        for r, word_ids in enumerate(enc):
+            for w in word_ids:
+                target[r, w] += 1.0 / len(word_ids)
+        target = target[[unique.index(n) for n in wanted]]
+        hidden = self.llm.decoder.norm(torch.cat(picked))
+        logits = self.llm.logits(hidden, torch.arange(vocab.image, device=states.device))
+        return -(target * logits.log_softmax(-1)).sum()
 
     def _pass_order(self, kinds: list[int]) -> list[int]:
         """The LLM passes this step makes: this batch's own (one per point count, then text), or

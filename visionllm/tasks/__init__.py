@@ -8,7 +8,9 @@ The sample a task builds (and ``visionllm.data.transforms.collate`` batches)::
      "target": structured: {"labels": (n,) long (class index k of <ck>),
                             "coords": (n, 2N) float, canvas-normalized, interleaved x, y
                                       (boxes: x1, y1, x2, y2; polygons: N points),
-                            "centers": (n, 2) float or None (tokenizer targets)}
+                            "centers": (n, 2) float or None (tokenizer targets),
+                            "names": n str, what each object is in words ("red circle";
+                                     the token-naming loss, docs/design.md)}
                text:       {"text": str}
                evaluation: None
      "meta": {"image_id", "width", "height", "canvas_scale", ...}}

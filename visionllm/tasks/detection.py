@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from visionllm.data.coco import object_name
 from visionllm.data.transforms import hflip_objects, letterbox
 from visionllm.tasks import chunked_samples, sample_meta
 from visionllm.tasks.instructions import (
@@ -107,19 +108,22 @@ def class_set(
 
 
 def boxes_target(objects: list[dict], class_names: list[str], canvas_scale: float) -> dict:
-    """Objects of the asked classes -> labels (n,), coords (n, 4) canvas xyxy, centres (n, 2)."""
+    """Objects of the asked classes -> labels (n,), coords (n, 4) canvas xyxy, centres (n, 2),
+    names (n, in words)."""
     index = {n: k for k, n in enumerate(class_names)}
-    labels, boxes = [], []
+    labels, boxes, names = [], [], []
     for o in objects:
         if o["category_name"] in index:
             x, y, w, h = o["bbox"]
             labels.append(index[o["category_name"]])
             boxes.append([x, y, x + w, y + h])
+            names.append(object_name(o))
     coords = torch.tensor(boxes, dtype=torch.float32).view(-1, 4) / canvas_scale
     return {
         "labels": torch.tensor(labels, dtype=torch.long),
         "coords": coords,
         "centers": (coords[:, :2] + coords[:, 2:]) / 2,
+        "names": names,
     }
 
 

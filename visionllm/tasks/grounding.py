@@ -50,11 +50,15 @@ def make_instruction(
     return template.format(classes=format_classes(expression_classes(expression)), format=format_slots(2), range=coord_range)
 
 
-def box_target(bbox_xywh, canvas_scale: float) -> dict:
-    """The referred box -> labels [0], coords (1, 4) canvas xyxy, centers (1, 2)."""
+def box_target(bbox_xywh, canvas_scale: float, name: str | None = None) -> dict:
+    """The referred box -> labels [0], coords (1, 4) canvas xyxy, centers (1, 2), and names
+    [the object in words] where the reader knows them."""
     x, y, w, h = bbox_xywh
     coords = torch.tensor([[x, y, x + w, y + h]], dtype=torch.float32) / canvas_scale
-    return {"labels": torch.zeros(1, dtype=torch.long), "coords": coords, "centers": (coords[:, :2] + coords[:, 2:]) / 2}
+    target = {"labels": torch.zeros(1, dtype=torch.long), "coords": coords, "centers": (coords[:, :2] + coords[:, 2:]) / 2}
+    if name:
+        target["names"] = [name]
+    return target
 
 
 def training_sample(record: dict, *, image_size: int, rng: random.Random) -> dict:
@@ -65,7 +69,7 @@ def training_sample(record: dict, *, image_size: int, rng: random.Random) -> dic
         "pixel_mask": mask,
         "instruction": make_instruction(record["expression"], rng=rng),
         "request": Request(kind="boxes", classes=names, num_points=2),
-        "target": box_target(record["bbox"], scale),
+        "target": box_target(record["bbox"], scale, record.get("object_name")),
         "meta": sample_meta(record, scale),
     }
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from visionllm.data.coco import object_name
 from visionllm.data.transforms import hflip_objects, letterbox
 from visionllm.tasks import chunked_samples, sample_meta
 from visionllm.tasks.detection import DescribedNames, class_set
@@ -64,10 +65,10 @@ def make_instruction(
 
 def polygons_target(objects: list[dict], class_names: list[str], canvas_scale: float, num_points: int) -> tuple[dict, int]:
     """Objects of the asked classes -> (target, number skipped). Target: labels (n,), coords
-    (n, 2N) canvas-normalized interleaved x, y, centres (n, 2) of the boxes. Objects without a
-    usable polygon (RLE, degenerate) are skipped and counted."""
+    (n, 2N) canvas-normalized interleaved x, y, centres (n, 2) of the boxes, names (n, in
+    words). Objects without a usable polygon (RLE, degenerate) are skipped and counted."""
     index = {n: k for k, n in enumerate(class_names)}
-    labels, polys, centers, skipped = [], [], [], 0
+    labels, polys, centers, names, skipped = [], [], [], [], 0
     for o in objects:
         if o["category_name"] not in index:
             continue
@@ -80,11 +81,13 @@ def polygons_target(objects: list[dict], class_names: list[str], canvas_scale: f
         labels.append(index[o["category_name"]])
         polys.append(poly.reshape(-1))
         centers.append([x + w / 2, y + h / 2])
+        names.append(object_name(o))
     coords = torch.as_tensor(np.array(polys, dtype=np.float32)).view(-1, 2 * num_points) / canvas_scale
     target = {
         "labels": torch.tensor(labels, dtype=torch.long),
         "coords": coords,
         "centers": torch.tensor(centers, dtype=torch.float32).view(-1, 2) / canvas_scale,
+        "names": names,
     }
     return target, skipped
 

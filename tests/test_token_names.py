@@ -1,0 +1,78 @@
+"""Token naming (model.token_names): each image token matched to an object names it in words
+through the LLM's own head, at one layer."""
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+
+from tests.helpers import tiny_model_and_sets
+from visionllm.data.coco import object_name
+from visionllm.data.transforms import collate
+
+
+def test_an_object_in_words():
+    assert object_name({"category_name": "circle", "attributes": ["red"]}) == "red circle"
+    assert object_name({"category_name": "circle", "attributes": []}) == "circle"
+    assert object_name({"category_name": "circle"}) == "circle"
+    # a described class set's name already says the colour: it is said once
+    assert object_name({"category_name": "red shape", "attributes": ["red"]}) == "red shape"
+
+
+def test_targets_name_their_objects(shapes_root, tmp_path):
+    """Detection, segmentation and grounding targets carry one name per object, with its
+    colour, aligned with the labels."""
+    _, ds = tiny_model_and_sets(shapes_root, tmp_path)
+    colours = {"red", "green", "blue", "yellow", "purple", "orange"}
+    for task in ("detection", "segmentation", "grounding"):
+        sample = ds.sets[task][0]
+        t = sample["target"]
+        assert len(t["names"]) == len(t["labels"]) > 0, task
+        for name, label in zip(t["names"], t["labels"].tolist()):
+            words = name.split()
+            assert words[0] in colours and len(words) == 2, (task, name)
+            if task != "grounding":  # there the class is the referring expression
+                assert sample["request"].classes[label] == words[-1], (task, name)
+
+
+def _names_loss(model, batch):
+    return model(batch)["loss_names"]
+
+
+def test_the_naming_loss_trains_the_tokens_and_is_learnt(shapes_root, tmp_path):
+    """The loss is there only when asked for; it reaches the image tokens (through the LLM's
+    first layer) and the tokenizer; a few steps on one batch lower it; and no hook is left on
+    the LLM after a pass."""
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path, ["model.token_names=1.0"])
+    plain, _ = tiny_model_and_sets(shapes_root, tmp_path / "plain")
+    batch = collate([ds.sets["detection"][0], ds.sets["segmentation"][1], ds.sets["grounding"][2], ds.sets["vqa"][0]])
+    assert "loss_names" not in plain(batch)
+    model.train()
+    losses = model(batch)
+    assert losses["loss_names"] > 0
+    losses["loss_names"].backward()
+    assert model.token_proj.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.image_tokenizer.decoder.parameters())
+    assert all(not layer._forward_hooks for layer in model.llm.decoder.layers)
+
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = float(_names_loss(model, batch))
+    for _ in range(15):
+        loss = _names_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(_names_loss(model, batch)) < 0.7 * first
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_any_layer_may_name_them(shapes_root, tmp_path, layer):
+    """Layer 0 reads the LLM's input (the image tokens themselves), the last layer (the tiny
+    LLM has one) its output; past the last layer is a clear error."""
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path, ["model.token_names=1.0", f"model.token_names_layer={layer}"])
+    batch = collate([ds.sets["detection"][0]])
+    loss = model(batch)["loss_names"]
+    loss.backward()
+    assert loss > 0 and model.token_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(InstantiationException, match="token_names_layer must be in 0..1"):
+        tiny_model_and_sets(shapes_root, tmp_path / "bad", ["model.token_names=1.0", "model.token_names_layer=2"])
