@@ -76,3 +76,32 @@ def test_any_layer_may_name_them(shapes_root, tmp_path, layer):
     assert loss > 0 and model.token_proj.weight.grad.abs().sum() > 0
     with pytest.raises(InstantiationException, match="token_names_layer must be in 0..1"):
         tiny_model_and_sets(shapes_root, tmp_path / "bad", ["model.token_names=1.0", "model.token_names_layer=2"])
+
+
+def test_the_probe_reads_what_the_loss_trains(shapes_root, tmp_path):
+    """tools/probe_tokens.py's "named" logits at a token are the naming loss's logits there,
+    for the same words."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from probe_tokens import _first_word_ids, _named_logits
+
+    from visionllm.modeling.decoding import splice_image_tokens
+
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path, ["model.token_names=1.0"])
+    model.eval()
+    batch = collate([ds.sets["detection"][0], ds.sets["detection"][1]])
+    coco = {"categories": [{"id": 1, "name": "circle"}, {"id": 2, "name": "star"}],
+            "annotations": [{"attributes": ["red"]}, {"attributes": ["blue"]}]}
+    with torch.no_grad():
+        _, _, v = model._image_tokens(batch)
+        named = _named_logits(model, batch, v, coco)  # (B, M, circle star blue red)
+        prefix, valid, ids = splice_image_tokens(model.llm, batch["instructions"], v)
+        with model._layer_output() as seen:
+            model.llm.decoder(inputs_embeds=prefix, attention_mask=valid.long(), use_cache=False)
+        words = torch.tensor(_first_word_ids(model, ["circle", "star", "blue", "red"]))
+        at = (ids[1] == model.llm.vocab.image).nonzero()[:, 0]
+        full = model.llm.logits(model.llm.decoder.norm(seen["out"][1, at[3]]), torch.arange(model.llm.vocab.image))
+    assert named.shape == (2, model.num_queries, 4)
+    torch.testing.assert_close(torch.as_tensor(named[1, 3]), full[words])

@@ -13,7 +13,10 @@ fitted on 70 % of the objects and scored on the rest:
 
 The same probes run on what comes before the token, at the cell under each object's centre:
 the projected backbone levels at strides 8 and 16 and the deformable encoder's output at
-stride 8, to show where along the way something is lost. A token that carries shape but not
+stride 8, to show where along the way something is lost. For a model trained with token naming
+(``model.token_names``), also what the LLM's head says at the token, at the layer that loss
+reads (no probe fitted): the share of objects whose colour word, and whose shape word, scores
+highest among the colour words and among the shape words ("named"). A token that carries shape but not
 colour leaves colour questions and coloured referring expressions out of reach of the LLM
 however it is trained (docs/design.md, "Colour").
 """
@@ -52,6 +55,7 @@ def collect(model, cfg, images: int, instruction: str):
     cats = sorted({c["id"] for c in coco["categories"]})
     infos = coco["images"][:images]
     feats = {k: [] for k in STAGES}
+    named = []  # per object, the head's logits at its token over (category words, attribute words)
     colours, labels, attrs = [], [], []
     seen = {}  # what the forward hooks saw: the backbone's levels, the encoder's output
     tok = model.image_tokenizer
@@ -67,6 +71,7 @@ def collect(model, cfg, images: int, instruction: str):
         batch = collate(chunk)
         with torch.no_grad():
             _, anchors, v = model._image_tokens(batch)
+            words = _named_logits(model, batch, v, coco) if getattr(model, "token_names", 0) > 0 else None
         s8, s16 = (lvl.permute(0, 2, 3, 1) for lvl in seen["levels"][:2])
         memory_s8 = seen["memory"][:, : s8.shape[1] * s8.shape[2]].reshape(s8.shape)
         for j, (im, scale, anns) in enumerate(metas):
@@ -88,9 +93,35 @@ def collect(model, cfg, images: int, instruction: str):
                 colours.append(pixels[m].mean(0))
                 labels.append(cats.index(a["category_id"]))
                 attrs.append(" ".join(a.get("attributes") or []))
+                if words is not None:
+                    named.append(words[j, i])
     for h in hooks:
         h.remove()
-    return {k: np.array(f) for k, f in feats.items()}, np.array(colours), np.array(labels, dtype=int), len(cats), attrs
+    feats = {k: np.array(f) for k, f in feats.items()}
+    attr_words = sorted({w for a in coco["annotations"] for w in a.get("attributes") or []})
+    return feats, np.array(colours), np.array(labels, dtype=int), len(cats), attrs, (np.array(named), attr_words)
+
+
+def _first_word_ids(model, words: list[str]) -> list[int]:
+    return [model.llm.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words]
+
+
+def _named_logits(model, batch, v, coco) -> np.ndarray:
+    """(B, M, categories + attribute words) the LLM head's logits at each image token, at the
+    layer token naming reads, over the first token of each category and attribute word."""
+    from visionllm.modeling.decoding import splice_image_tokens
+
+    cats = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+    attr_words = sorted({w for a in coco["annotations"] for w in a.get("attributes") or []})
+    prefix, valid, ids = splice_image_tokens(model.llm, batch["instructions"], v)
+    with model._layer_output() as seen:
+        out = model.llm.decoder(inputs_embeds=prefix, attention_mask=valid.long(), use_cache=False)
+    del out  # what is read is the layer's output (layer 0: the input), normed as the loss norms it
+    states = model.llm.decoder.norm(seen.get("out", prefix))
+    rows = torch.tensor(_first_word_ids(model, cats + attr_words), device=v.device)
+    logits = model.llm.logits(states, rows)
+    at = torch.stack([(r == model.llm.vocab.image).nonzero()[:, 0] for r in ids])  # (B, M)
+    return logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1])).numpy()
 
 
 def ridge_predict(x, y, train, lam: float = 0.1):
@@ -108,7 +139,7 @@ def main() -> None:
     from visionllm.engine.checkpoint import load_model
 
     model, cfg = load_model(args.checkpoint)
-    stages, colour, label, n_cats, attrs = collect(model, cfg, args.images, args.instruction)
+    stages, colour, label, n_cats, attrs, (named, attr_words) = collect(model, cfg, args.images, args.instruction)
     n = len(label)
     if n < 20:
         raise SystemExit(f"only {n} objects had a token near their centre: too few to probe")
@@ -128,6 +159,11 @@ def main() -> None:
         out[stage] = {"shape_accuracy": accuracy(x, label), "colour_r2": round(float(r2), 3)}
         if names:
             out[stage]["attribute_accuracy"] = accuracy(x, attr)
+    if len(named):
+        out["named"] = {"shape_accuracy": round(float((named[:, :n_cats].argmax(1) == label).mean()), 3)}
+        if names:
+            first = np.array([attr_words.index(a.split()[0]) for a in attrs])
+            out["named"]["attribute_accuracy"] = round(float((named[:, n_cats:].argmax(1) == first).mean()), 3)
     print(json.dumps(out))
 
 
