@@ -14,12 +14,15 @@ readers (``visionllm.data``) load both:
 * refer layout for RefCOCO (Yu et al. 2016; https://github.com/lichengunc/refer):
   ``refcoco/refs(unc).p`` (pickled list of refs) and ``refcoco/instances.json``.
 * LLaVA-Instruct conversations (Liu et al. 2023):
-  ``llava/llava_instruct_{train,val}.json``.
+  ``llava/llava_instruct_{train,val}.json``; and ``llava/llava_instruct_train_long.json``, the
+  same training images with longer conversations (every question a scene allows, up to
+  ``--long-turns`` short answers), which ``experiment=shapes`` trains on.
 * ``meta.json`` -- written last; its presence marks a complete generation.
 
 Usage::
 
     python datasets_prep/make_shapes.py --out data/shapes [--seed 0] [--train 4000] [--val 300] [--vqa-turns 3]
+        [--long-turns 10]
 
 Each image is drawn from ``np.random.default_rng([seed, split_id, index])`` so the output
 is byte-identical for the same arguments, independently of the number of workers.
@@ -69,7 +72,7 @@ def image_id(split: str, index: int) -> int:
 
 def _generate_one(job: tuple) -> dict:
     """Worker: draw, save and describe one image (pure function of its job tuple)."""
-    out, seed, split, index, vqa_turns = job
+    out, seed, split, index, vqa_turns, long_turns = job
     split_id = SPLITS.index(split)
     image, scene = make_scene(np.random.default_rng([seed, split_id, index]))
     iid = image_id(split, index)
@@ -79,9 +82,15 @@ def _generate_one(job: tuple) -> dict:
     trng = np.random.default_rng([seed, split_id, index, 1])
     caps = language.captions(scene, trng)
     refs = language.referring_expressions(scene, trng)
+    # the longer conversation draws from where the usual one starts, so it is what
+    # --vqa-turns long_turns would have written
+    lrng = np.random.default_rng()
+    lrng.bit_generator.state = trng.bit_generator.state
     conv = language.conversation(scene, trng, detailed_caption=caps[-1], max_short=vqa_turns)
+    long = (language.conversation(scene, lrng, detailed_caption=caps[-1], max_short=long_turns)
+            if long_turns and split == "train" else None)
     return {"split": split, "index": index, "image_id": iid, "file_name": file_name,
-            "scene": scene, "captions": caps, "refs": refs, "conversation": conv}
+            "scene": scene, "captions": caps, "refs": refs, "conversation": conv, "long": long}
 
 
 def _dump_json(obj, path: Path) -> None:
@@ -114,6 +123,7 @@ def _assemble(records: list[dict], out: Path, n_val: int) -> dict:
                 "categories": cats} for s in SPLITS}
     caps = {s: {"info": info, "licenses": [], "images": [], "annotations": []} for s in SPLITS}
     llava = {s: [] for s in SPLITS}
+    llava_long = []  # the training images again, with longer conversations
     karpathy, refs, ref_images, ref_anns = [], [], [], []
     ann_id = cap_id = sent_id = ref_id = ref_sent_id = 0
     for imgid, r in enumerate(records):
@@ -167,6 +177,8 @@ def _assemble(records: list[dict], out: Path, n_val: int) -> dict:
 
         llava[split].append({"id": f"{r['image_id']:012d}", "image": rel_path,
                              "conversations": r["conversation"]})
+        if r.get("long"):
+            llava_long.append({"id": f"{r['image_id']:012d}", "image": rel_path, "conversations": r["long"]})
 
     for d in ("annotations", "karpathy", "refcoco", "llava"):
         (out / d).mkdir(parents=True, exist_ok=True)
@@ -174,6 +186,8 @@ def _assemble(records: list[dict], out: Path, n_val: int) -> dict:
         _dump_json(inst[s], out / "annotations" / f"instances_{SPLIT_DIRS[s]}.json")
         _dump_json(caps[s], out / "annotations" / f"captions_{SPLIT_DIRS[s]}.json")
         _dump_json(llava[s], out / "llava" / f"llava_instruct_{s}.json")
+    if llava_long:
+        _dump_json(llava_long, out / "llava" / "llava_instruct_train_long.json")
     _dump_json({"images": karpathy, "dataset": "coco"}, out / "karpathy" / "dataset_coco.json")
     _dump_pickle(refs, out / "refcoco" / "refs(unc).p")
     _dump_json({"info": info, "images": ref_images, "annotations": ref_anns,
@@ -186,13 +200,15 @@ def _assemble(records: list[dict], out: Path, n_val: int) -> dict:
 
 def make_shapes(out, *, seed: int = 0, train: int = 4000, val: int = 300,
                 workers: int | None = None, force: bool = False, progress: bool = True,
-                vqa_turns: int = 3) -> Path:
+                vqa_turns: int = 3, long_turns: int = 10) -> Path:
     """Generate the data set under ``out`` (skipped if already generated with these args)."""
     out = Path(out)
     if vqa_turns < 2:
         raise ValueError(f"vqa_turns must be at least 2, not {vqa_turns}")
+    if long_turns and long_turns < 2:
+        raise ValueError(f"long_turns must be 0 (none) or at least 2, not {long_turns}")
     args = {"seed": int(seed), "train": int(train), "val": int(val), "version": VERSION,
-            "code": code_fingerprint(), "vqa_turns": int(vqa_turns)}
+            "code": code_fingerprint(), "vqa_turns": int(vqa_turns), "long_turns": int(long_turns)}
     meta_path = out / "meta.json"
     if meta_path.exists() and not force:
         try:
@@ -213,7 +229,7 @@ def make_shapes(out, *, seed: int = 0, train: int = 4000, val: int = 300,
     for s in SPLITS:
         (out / SPLIT_DIRS[s]).mkdir(exist_ok=True)
 
-    jobs = [(str(out), int(seed), s, i, int(vqa_turns)) for s, n in (("train", train), ("val", val))
+    jobs = [(str(out), int(seed), s, i, int(vqa_turns), int(long_turns)) for s, n in (("train", train), ("val", val))
             for i in range(n)]
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
@@ -255,9 +271,12 @@ def main(argv=None) -> None:
     p.add_argument("--vqa-turns", type=int, default=3,
                    help="most short answers per conversation (default 3: 2 or 3 of distinct types; "
                         "more: every question the scene allows, up to this many)")
+    p.add_argument("--long-turns", type=int, default=10,
+                   help="most short answers in llava/llava_instruct_train_long.json, the same training "
+                        "images with longer conversations (default 10; 0: no such file)")
     a = p.parse_args(argv)
     make_shapes(a.out, seed=a.seed, train=a.train, val=a.val, workers=a.workers, force=a.force,
-                vqa_turns=a.vqa_turns)
+                vqa_turns=a.vqa_turns, long_turns=a.long_turns)
 
 
 if __name__ == "__main__":

@@ -87,8 +87,18 @@ def test_longer_conversations_on_the_same_images(shapes_root, tmp_path):
     assert max(few) <= 3 and max(more) <= 10 and sum(more) > 2 * sum(few)
     png = "train2017/000000000003.png"
     assert (many / png).read_bytes() == (shapes_root / png).read_bytes()
+    # the usual set's extra file holds exactly those longer training conversations
+    long = "llava/llava_instruct_train_long.json"
+    assert (shapes_root / long).read_bytes() == (many / rel).read_bytes()
+    assert not (shapes_root / "llava/llava_instruct_val_long.json").exists()
+    none = make_shapes(tmp_path / "none", seed=0, train=16, val=8, workers=1, progress=False, long_turns=0)
+    assert not (none / long).exists()
+    for f in [rel, "llava/llava_instruct_val.json", "annotations/captions_train2017.json", "refcoco/refs(unc).p"]:
+        assert (none / f).read_bytes() == (shapes_root / f).read_bytes(), f
     with pytest.raises(ValueError, match="at least 2"):
         make_shapes(tmp_path / "bad", seed=0, train=2, val=2, workers=1, progress=False, vqa_turns=1)
+    with pytest.raises(ValueError, match="long_turns"):
+        make_shapes(tmp_path / "bad", seed=0, train=2, val=2, workers=1, progress=False, long_turns=1)
 
 
 def test_parallel_matches_serial(tmp_path):
