@@ -158,7 +158,7 @@ def test_coco_corrupt_and_missing_image(tmp_path):
 
 # ----------------------------------------------------------------------------- RefCOCO
 
-REF_KEYS = IMAGE_KEYS | {"expression", "bbox", "ref_id", "sent_id", "split", "category_id"}
+REF_KEYS = IMAGE_KEYS | {"expression", "bbox", "ref_id", "sent_id", "split", "category_id", "object_name"}
 
 
 def test_refcoco_grounding(shapes_root):
@@ -175,6 +175,8 @@ def test_refcoco_grounding(shapes_root):
         _check_image(s)
         assert s["split"] == "train" and isinstance(s["expression"], str) and s["expression"]
         assert s["bbox"] == anns[by_ref[s["ref_id"]]["ann_id"]]["bbox"]
+        # the referred object in words: its colour attribute, then its category
+        assert s["object_name"].split() == [*anns[by_ref[s["ref_id"]]["ann_id"]]["attributes"], s["object_name"].split()[-1]]
         assert s["file_name"].startswith("train2017/")
     evals = RefCocoGrounding(root=shapes_root, splits=("val", "testA", "testB"),
                              image_root=shapes_root)
