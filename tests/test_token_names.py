@@ -92,11 +92,9 @@ def test_the_probe_reads_what_the_loss_trains(shapes_root, tmp_path):
     model, ds = tiny_model_and_sets(shapes_root, tmp_path, ["model.token_names=1.0"])
     model.eval()
     batch = collate([ds.sets["detection"][0], ds.sets["detection"][1]])
-    coco = {"categories": [{"id": 1, "name": "circle"}, {"id": 2, "name": "star"}],
-            "annotations": [{"attributes": ["red"]}, {"attributes": ["blue"]}]}
     with torch.no_grad():
         _, _, v = model._image_tokens(batch)
-        named = _named_logits(model, batch, v, coco)  # (B, M, circle star blue red)
+        named = _named_logits(model, batch, v, ["circle", "star", "blue", "red"])
         prefix, valid, ids = splice_image_tokens(model.llm, batch["instructions"], v)
         with model._layer_output() as seen:
             model.llm.decoder(inputs_embeds=prefix, attention_mask=valid.long(), use_cache=False)

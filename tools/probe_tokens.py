@@ -13,11 +13,11 @@ fitted on 70 % of the objects and scored on the rest:
 
 The same probes run on what comes before the token, at the cell under each object's centre:
 the projected backbone levels at strides 8 and 16 and the deformable encoder's output at
-stride 8, to show where along the way something is lost. For a model trained with token naming
-(``model.token_names``), also what the LLM's head says at the token, at the layer that loss
-reads (no probe fitted): the share of objects whose colour word, and whose shape word, scores
-highest among the colour words and among the shape words ("named"). A token that carries shape but not
-colour leaves colour questions and coloured referring expressions out of reach of the LLM
+stride 8, to show where along the way something is lost. For a model trained with token
+naming (``model.token_names``), also what the LLM's head says at the token, at the layer that
+loss reads (no probe fitted): the share of objects whose colour word, and whose shape word,
+scores highest among the colour words and among the shape words ("named"). A token that
+carries shape but not colour leaves colour questions and coloured referring expressions out of reach of the LLM
 however it is trained (docs/design.md, "Colour").
 """
 
@@ -54,6 +54,8 @@ def collect(model, cfg, images: int, instruction: str):
         by_image.setdefault(a["image_id"], []).append(a)
     cats = sorted({c["id"] for c in coco["categories"]})
     infos = coco["images"][:images]
+    attr_words = sorted({w for a in coco["annotations"] for w in a.get("attributes") or []})
+    words_asked = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])] + attr_words
     feats = {k: [] for k in STAGES}
     named = []  # per object, the head's logits at its token over (category words, attribute words)
     colours, labels, attrs = [], [], []
@@ -71,7 +73,7 @@ def collect(model, cfg, images: int, instruction: str):
         batch = collate(chunk)
         with torch.no_grad():
             _, anchors, v = model._image_tokens(batch)
-            words = _named_logits(model, batch, v, coco) if getattr(model, "token_names", 0) > 0 else None
+            words = _named_logits(model, batch, v, words_asked) if getattr(model, "token_names", 0) > 0 else None
         s8, s16 = (lvl.permute(0, 2, 3, 1) for lvl in seen["levels"][:2])
         memory_s8 = seen["memory"][:, : s8.shape[1] * s8.shape[2]].reshape(s8.shape)
         for j, (im, scale, anns) in enumerate(metas):
@@ -98,7 +100,6 @@ def collect(model, cfg, images: int, instruction: str):
     for h in hooks:
         h.remove()
     feats = {k: np.array(f) for k, f in feats.items()}
-    attr_words = sorted({w for a in coco["annotations"] for w in a.get("attributes") or []})
     return feats, np.array(colours), np.array(labels, dtype=int), len(cats), attrs, (np.array(named), attr_words)
 
 
@@ -106,19 +107,17 @@ def _first_word_ids(model, words: list[str]) -> list[int]:
     return [model.llm.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words]
 
 
-def _named_logits(model, batch, v, coco) -> np.ndarray:
-    """(B, M, categories + attribute words) the LLM head's logits at each image token, at the
-    layer token naming reads, over the first token of each category and attribute word."""
+def _named_logits(model, batch, v, words: list[str]) -> np.ndarray:
+    """(B, M, len(words)) the LLM head's logits at each image token, at the layer token naming
+    reads (its output, or the input for layer 0, normed as the loss norms it), over the first
+    token of each word."""
     from visionllm.modeling.decoding import splice_image_tokens
 
-    cats = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
-    attr_words = sorted({w for a in coco["annotations"] for w in a.get("attributes") or []})
     prefix, valid, ids = splice_image_tokens(model.llm, batch["instructions"], v)
     with model._layer_output() as seen:
-        out = model.llm.decoder(inputs_embeds=prefix, attention_mask=valid.long(), use_cache=False)
-    del out  # what is read is the layer's output (layer 0: the input), normed as the loss norms it
+        model.llm.decoder(inputs_embeds=prefix, attention_mask=valid.long(), use_cache=False)
     states = model.llm.decoder.norm(seen.get("out", prefix))
-    rows = torch.tensor(_first_word_ids(model, cats + attr_words), device=v.device)
+    rows = torch.tensor(_first_word_ids(model, words), device=v.device)
     logits = model.llm.logits(states, rows)
     at = torch.stack([(r == model.llm.vocab.image).nonzero()[:, 0] for r in ids])  # (B, M)
     return logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1])).numpy()

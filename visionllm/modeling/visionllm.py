@@ -246,7 +246,7 @@ class VisionLLM(nn.Module):
         return losses
 
     def _structured_losses(self, sums, prefix, valid, ids, v, anchors, idx, n_pts, requests, targets, assignment,
-                           matched=None):
+                           matched):
         """One LLM pass for the rows of ``idx`` (all asking for ``n_pts`` points); adds their
         summed box/polygon/class losses (and token-naming loss) into ``sums``."""
         with self._layer_output() as seen:
@@ -254,7 +254,7 @@ class VisionLLM(nn.Module):
         if self.token_names > 0:
             states = seen.get("out", prefix[idx])  # layer 0: the LLM's input
             sums["loss_names"] = sums["loss_names"] + self.token_names * self._naming_loss(
-                states, ids[idx], [targets[b].get("names") for b in idx], [(matched or {}).get(b) for b in idx])
+                states, ids[idx], [targets[b].get("names") for b in idx], [matched.get(b) for b in idx])
         for row, b in enumerate(idx):
             K = len(requests[b].classes)
             keep = torch.cat([torch.arange(K), torch.tensor([cls_logits.shape[-1] - 1])]).to(v.device)
