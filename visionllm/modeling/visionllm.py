@@ -20,6 +20,7 @@ from visionllm.modeling.deformable import MLP, sine_embed
 from visionllm.modeling.image_tokenizer import ImageTokenizer
 from visionllm.modeling.llm import LLM
 from visionllm.modeling.losses import answer_loss, global_counts, tokenizer_loss
+from visionllm.modeling.named_copy import NamedCopy
 from visionllm.modeling.readout import TextReadout
 from visionllm.modeling.readout import rms as _rms
 from visionllm.tasks.instructions import Request
@@ -58,6 +59,7 @@ class VisionLLM(nn.Module):
         text_readout: bool = False,
         token_names: float = 0.0,
         token_names_layer: int = 1,
+        named_copy: bool = False,
     ):
         super().__init__()
         self.image_tokenizer = image_tokenizer
@@ -83,6 +85,12 @@ class VisionLLM(nn.Module):
             raise ValueError(f"token_names_layer must be in 0..{num_layers} (0: the LLM's input, k: the output of "
                              f"its k-th layer), not {token_names_layer}")
         self.token_names, self.token_names_layer = float(token_names), int(token_names_layer)
+        # [ours] text answers may copy a word from the image token their question names
+        # (named_copy.py; docs/design.md, "Copy from named tokens"): it reads token naming's layer
+        if named_copy and self.token_names <= 0:
+            raise ValueError("model.named_copy reads what the LLM's head names at the image tokens: it needs "
+                             "model.token_names > 0 (token naming), which is off")
+        self.named_copy = NamedCopy(H, llm.vocab.image) if named_copy else None
         self.none_weight = none_weight
         if group_matching not in ("tokenizer", "hungarian"):
             raise ValueError(f"group_matching must be 'tokenizer' or 'hungarian', not {group_matching!r}")
@@ -187,8 +195,8 @@ class VisionLLM(nn.Module):
             span_positions(self.llm, batch["instructions"][b], targets[b].get("context_spans") or [], v.shape[1])
             for b in text_rows
         ]
-        # the text readout reads each earlier answer with its own question, not the last one
-        turns = None if self.text_readout is None else [
+        # the text readout and the copy read each earlier answer with its own question, not the last one
+        turns = None if self.text_readout is None and self.named_copy is None else [
             [(question_line(batch["instructions"][b][:a]),
               span_positions(self.llm, batch["instructions"][b], [(a, e)], v.shape[1]))
              for a, e in targets[b].get("context_spans") or []]
@@ -236,8 +244,9 @@ class VisionLLM(nn.Module):
             losses["loss_tok_obj"] = 0.0 * (toks.layer_logits.sum() + toks.layer_points.sum())
         if not sums:
             losses["loss_cls"] = 0.0 * self.class_pointer.weight.sum()
-        if self.text_readout is not None and not text_rows:
-            losses["loss_text"] = 0.0 * sum(p.sum() for p in self.text_readout.parameters())
+        text_parts = [m for m in (self.text_readout, self.named_copy) if m is not None]
+        if text_parts and not text_rows:
+            losses["loss_text"] = 0.0 * sum(p.sum() for m in text_parts for p in m.parameters())
         if self.lockstep:
             losses["loss_cls"] = losses["loss_cls"] + idle
         for k in list(losses):
@@ -311,9 +320,33 @@ class VisionLLM(nn.Module):
             for w in word_ids:
                 target[r, w] += 1.0 / len(word_ids)
         target = target[[unique.index(n) for n in wanted]]
-        hidden = self.llm.decoder.norm(torch.cat(picked))
-        logits = self.llm.logits(hidden, torch.arange(vocab.image, device=states.device))
-        return -(target * logits.log_softmax(-1)).sum()
+        return -(target * self._head_words(torch.cat(picked)).log_softmax(-1)).sum()
+
+    def _head_words(self, states: torch.Tensor) -> torch.Tensor:
+        """(..., V) what the LLM's final norm and head say of ``states`` (..., H) taken at some
+        layer, over the text words (the ids below the added tokens)."""
+        return self.llm.logits(self.llm.decoder.norm(states),
+                               torch.arange(self.llm.vocab.image, device=states.device))
+
+    def _word_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` tokenized after a space, as names are."""
+        return self.llm.tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+
+    def _copy_tables(self, states: torch.Tensor, ids_row: torch.Tensor, tokens: torch.Tensor,
+                     questions: list[str]) -> dict:
+        """{question: ((V,) log c, (H,) read)} of the copy over one image's tokens: ``states``
+        (T, H) the named layer's output over the sequence, ``ids_row`` its prefix token ids,
+        ``tokens`` (M, H) the image tokens."""
+        at = (ids_row == self.llm.vocab.image).nonzero()[:, 0]
+        named = self._head_words(states[at]).log_softmax(-1)  # (M, V)
+        return {q: self.named_copy.lookup(named, self._word_ids(q), tokens) for q in dict.fromkeys(questions)}
+
+    def _copy_logp(self, hidden: torch.Tensor, tables: list) -> torch.Tensor:
+        """(P, V_all) next-word log-probabilities at P answer positions, ``hidden`` (P, H), each
+        with its question's copy table (log c, read)."""
+        log_c = torch.stack([c for c, _ in tables])
+        hidden = hidden + torch.stack([r for _, r in tables]).to(hidden.dtype)
+        return self.named_copy.mix(hidden, self.llm.logits(hidden), log_c)
 
     def _pass_order(self, kinds: list[int]) -> list[int]:
         """The LLM passes this step makes: this batch's own (one per point count, then text), or
@@ -328,7 +361,7 @@ class VisionLLM(nn.Module):
     def _idle_pass(self, prefix, valid, ids, v, kind: int) -> torch.Tensor:
         """A pass of ``kind`` on the first sample with a stand-in request, times zero."""
         if kind == TEXT_PASS:
-            return 0.0 * self._text_loss(prefix, valid, [0], [[self.llm.tokenizer.eos_token_id]], v=(v, None),
+            return 0.0 * self._text_loss(prefix, valid, [0], [[self.llm.tokenizer.eos_token_id]], ids, v=(v, None),
                                          instructions=[""] * v.shape[0])
         stand_in = {0: Request(kind="boxes" if kind == 2 else "polygons", classes=["object"], num_points=kind)}
         cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, [0], kind, stand_in)
@@ -361,7 +394,8 @@ class VisionLLM(nn.Module):
         for i, s in enumerate(seqs):
             embeds[i, : s.shape[0]] = s
             mask[i, : s.shape[0]] = 1
-        hidden = self.llm.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        with self._layer_output() as seen:
+            hidden = self.llm.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
         if self.text_readout is not None:
             tokens, pixels = v
             question = self._questions([instructions[b] for b in rows])[:, None].expand(-1, L, -1).clone()
@@ -373,13 +407,25 @@ class VisionLLM(nn.Module):
             hidden = self._read(hidden, question, (tokens[rows], None if pixels is None else pixels[rows]))
         picked = [hidden[i, n : n + len(ans)] for i, (n, ans) in enumerate(label_rows)]
         labels = [torch.tensor(ans, device=prefix.device) for _, ans in label_rows]
+        # the question each picked position answers (for the copy): the row's last line, or
+        # for an earlier answer of a conversation, its own
+        asks = [(i, [question_line(instructions[b]) if instructions else ""] * len(ans))
+                for i, (b, (_, ans)) in enumerate(zip(rows, label_rows))]
         for i, (b, pos) in enumerate(zip(rows, context or [])):
             if pos:
                 at = torch.tensor(pos, device=prefix.device)
                 picked.append(hidden[i, at - 1])  # position p - 1 predicts the token at p
                 labels.append(ids[b, at])
+                own = {p: q for q, ps in (turns[i] if turns else []) for p in ps}
+                asks.append((i, [own.get(p, "") for p in pos]))
         picked, labels = torch.cat(picked), torch.cat(labels)
-        return torch.nn.functional.cross_entropy(self.llm.logits(picked), labels, reduction="sum")
+        if self.named_copy is None:
+            return torch.nn.functional.cross_entropy(self.llm.logits(picked), labels, reduction="sum")
+        states = seen.get("out", embeds)  # layer 0: the LLM's input
+        tables = [self._copy_tables(states[i], ids[b], v[0][b], [q for j, qs in asks if j == i for q in qs])
+                  for i, b in enumerate(rows)]
+        logp = self._copy_logp(picked, [tables[i][q] for i, qs in asks for q in qs])
+        return torch.nn.functional.nll_loss(logp, labels, reduction="sum")
 
     @torch.no_grad()
     def predict(self, batch: dict, *, max_new_tokens: int = 64) -> list[dict]:
@@ -401,21 +447,23 @@ class VisionLLM(nn.Module):
                           "objectness": toks.layer_logits[-1, b].sigmoid()}
         for b, r in enumerate(requests):
             if not r.structured:
-                out[b] = {"text": self.generate_text(prefix[b : b + 1, : int(valid[b].sum())], max_new_tokens,
+                n = int(valid[b].sum())
+                out[b] = {"text": self.generate_text(prefix[b : b + 1, :n], max_new_tokens,
                                                      image_tokens=(v[b : b + 1], toks.pixels[b : b + 1]),
-                                                     instruction=batch["instructions"][b])}
+                                                     instruction=batch["instructions"][b], ids=ids[b, :n])}
         return out
 
     def generate_text(self, prefix: torch.Tensor, max_new_tokens: int, *, image_tokens: tuple | None = None,
-                      instruction: str = "") -> str:
+                      instruction: str = "", ids: torch.Tensor | None = None) -> str:
         """Token-by-token text with the KV cache, for captions and answers: ``generate`` itself,
         or with the text readout (``image_tokens`` = (v (1, M, H), pixels (1, M, C)) then
-        required) a greedy loop of our own over the same cache."""
+        required) or the copy (``ids``, the prefix's token ids, then required) a greedy loop of
+        our own over the same cache."""
         tok = self.llm.tokenizer
         bos = self.llm.embed(torch.tensor([[self.llm.vocab.bos]], device=prefix.device))
         embeds = torch.cat([prefix, bos], 1)
-        if self.text_readout is None:
-            ids = self.llm.model.generate(
+        if self.text_readout is None and self.named_copy is None:
+            out_ids = self.llm.model.generate(
                 inputs_embeds=embeds,
                 attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=prefix.device),
                 max_new_tokens=max_new_tokens,
@@ -423,15 +471,24 @@ class VisionLLM(nn.Module):
                 eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id,
             )
-            return tok.decode(ids[0], skip_special_tokens=True).strip()
-        if image_tokens is None:
+            return tok.decode(out_ids[0], skip_special_tokens=True).strip()
+        if self.text_readout is not None and image_tokens is None:
             raise ValueError("a model with a text readout needs the image tokens to generate text")
-        question = self._questions([instruction])
-        out = self.llm.decoder(inputs_embeds=embeds, use_cache=True)
+        if self.named_copy is not None and (ids is None or image_tokens is None):
+            raise ValueError("a model with the named copy needs the prefix's token ids and the image tokens "
+                             "to generate text")
+        question = self._questions([instruction]) if self.text_readout is not None else None
+        with self._layer_output() as seen:
+            out = self.llm.decoder(inputs_embeds=embeds, use_cache=True)
+        copy = None
+        if self.named_copy is not None:
+            asked = question_line(instruction)
+            copy = self._copy_tables(seen.get("out", embeds)[0], ids, image_tokens[0][0], [asked])[asked]
         new: list[int] = []
         for _ in range(max_new_tokens):
-            hidden = self._read(out.last_hidden_state[:, -1:], question, image_tokens)
-            nxt = int(self.llm.logits(hidden)[0, -1].argmax())
+            hidden = self._read(out.last_hidden_state[:, -1:], question, image_tokens)[0]  # (1, H)
+            logits = self.llm.logits(hidden) if copy is None else self._copy_logp(hidden, [copy])
+            nxt = int(logits[-1].argmax())
             if nxt == tok.eos_token_id:
                 break
             new.append(nxt)

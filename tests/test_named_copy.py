@@ -1,0 +1,149 @@
+"""Copy from named tokens (model.named_copy): a text answer may take its word from the image
+token whose name the question speaks of."""
+
+import math
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+
+from tests.helpers import tiny_model_and_sets
+from visionllm.data.transforms import collate
+from visionllm.modeling.named_copy import NamedCopy
+from visionllm.modeling.visionllm import question_line
+
+RED, BLUE, CIRCLE, STAR, WHAT = range(5)
+
+
+def _named(*words_per_token, V=8, strength=6.0):
+    """(M, V) log-probabilities of a head that names each token with its words."""
+    logits = torch.zeros(len(words_per_token), V)
+    for i, words in enumerate(words_per_token):
+        logits[i, list(words)] = strength
+    return logits.log_softmax(-1)
+
+
+def _copy(copy, named, question, tokens=None):
+    return copy.lookup(named, question, torch.randn(named.shape[0], 16) if tokens is None else tokens)[0].exp()
+
+
+def test_the_question_picks_its_token_without_training():
+    """At init the copy already points at the token the head names with the question's words,
+    and hands out that token's other words; a question that fits no token spreads over all."""
+    torch.manual_seed(0)
+    copy = NamedCopy(hidden_size=16, num_words=8)
+    named = _named([RED, CIRCLE], [BLUE, STAR])
+    about_circle = _copy(copy, named, [WHAT, CIRCLE])
+    about_star = _copy(copy, named, [WHAT, STAR])
+    torch.testing.assert_close(about_circle.sum(), torch.tensor(1.0))
+    assert about_circle[RED] > 3 * about_circle[BLUE]
+    assert about_star[BLUE] > 3 * about_star[RED]
+    either = _copy(copy, named, [WHAT])
+    torch.testing.assert_close(either[RED], either[BLUE])
+    # words outside the head's vocabulary (added tokens) are skipped; none at all: alike
+    torch.testing.assert_close(_copy(copy, named, [WHAT, 99]), either)
+    torch.testing.assert_close(_copy(copy, named, []), either)
+    with pytest.raises(ValueError, match="words at the tokens"):
+        copy.lookup(torch.zeros(2, 5), [1], torch.zeros(2, 16))
+
+
+def test_the_pointer_reads_the_token_it_points_at_and_how_well_it_fits():
+    """Once its read weights have trained (here: set), what the pointer adds to an answer is
+    the pointed-at token's own vector, and it grows with how well and how many tokens fit."""
+    copy = NamedCopy(hidden_size=16, num_words=8)
+    torch.nn.init.eye_(copy.read_value.weight)
+    tokens = torch.eye(16)[:2] * 4.0  # two tokens, orthogonal
+    named = _named([RED, CIRCLE], [BLUE, STAR], strength=12.0)
+    read_circle = copy.lookup(named, [CIRCLE], tokens)[1]
+    read_star = copy.lookup(named, [STAR], tokens)[1]
+    assert read_circle[0] > 3 * read_circle[1] and read_star[1] > 3 * read_star[0]
+    torch.nn.init.zeros_(copy.read_value.weight)
+    copy.read_score.weight.data[:] = torch.tensor([[1.0, 0.0], [0.0, 1.0]] + [[0.0, 0.0]] * 14)
+    one = copy.lookup(named, [CIRCLE], tokens)[1]
+    two = copy.lookup(_named([RED, CIRCLE], [BLUE, CIRCLE], strength=12.0), [CIRCLE], tokens)[1]
+    none = copy.lookup(named, [WHAT], tokens)[1]
+    assert one[0] > none[0]  # the best fit: a circle is there
+    assert two[1] > one[1] + 0.5  # about log 2 more: two circles
+
+
+def test_the_mixture_is_a_distribution_that_starts_closed_and_opens_where_the_copy_is_right():
+    torch.manual_seed(0)
+    copy = NamedCopy(hidden_size=16, num_words=8)
+    hidden, logits = torch.randn(3, 16), torch.randn(3, 10)  # 2 added tokens beyond the 8 words
+    table = copy.lookup(_named([RED, CIRCLE], [BLUE, STAR]), [CIRCLE], torch.randn(2, 16))[0].expand(3, -1)
+    mixed = copy.mix(hidden, logits, table)
+    torch.testing.assert_close(mixed.exp().sum(-1), torch.ones(3))
+    assert (mixed.exp() - logits.softmax(-1)).abs().max() < 0.02  # sigmoid(-4): nearly closed
+    assert torch.isfinite(mixed).all()
+    # the answer is the copied word: the loss opens the gate
+    loss = torch.nn.functional.nll_loss(mixed, torch.tensor([RED] * 3))
+    loss.backward()
+    assert copy.gate.bias.grad < 0
+
+
+def _vqa_sample(ds):
+    """A conversation's first turn (no earlier answers in the instruction)."""
+    for i in range(len(ds.sets["vqa"])):
+        x = ds.sets["vqa"][i]
+        if not x["target"]["context_spans"]:
+            return x
+    raise AssertionError("no first-turn VQA sample")
+
+
+@pytest.mark.parametrize("extra", [[], ["model.text_readout=true", "model.token_names_layer=0"]])
+def test_in_the_model_closed_it_changes_nothing_open_it_answers_from_the_tokens(shapes_root, tmp_path, extra):
+    """With its gate shut the model scores and writes text as the one without the copy; with
+    it wide open the text loss is the copy's own cross-entropy on the answer, and the first
+    word written is the copy's best; training reaches the gate, the word weights and the image
+    tokens; no hook is left on the LLM."""
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path, ["model.token_names=1.0", "model.named_copy=true"] + extra)
+    model.eval()
+    sample = _vqa_sample(ds)
+    batch = collate([sample, ds.sets["caption"][0]])
+    copy = model.named_copy
+    with torch.no_grad():
+        copy.gate.bias.fill_(-60.0)
+        shut_text = [o["text"] for o in model.predict(batch, max_new_tokens=5)]
+        shut_loss = model(batch)["loss_text"]
+        model.named_copy = None
+        plain_text = [o["text"] for o in model.predict(batch, max_new_tokens=5)]
+        plain_loss = model(batch)["loss_text"]
+        model.named_copy = copy
+    assert shut_text == plain_text
+    torch.testing.assert_close(shut_loss, plain_loss)
+
+    single = collate([sample])
+    with torch.no_grad():
+        copy.gate.bias.fill_(60.0)
+        loss = model(single)["loss_text"]
+        toks, _, v = model._image_tokens(single)
+        from visionllm.modeling.decoding import splice_image_tokens
+
+        prefix, valid, ids = splice_image_tokens(model.llm, single["instructions"], v)
+        with model._layer_output() as seen:
+            model.llm.decoder(inputs_embeds=prefix, use_cache=False)
+        asked = question_line(single["instructions"][0])
+        table = model._copy_tables(seen.get("out", prefix)[0], ids[0], v[0], [asked])[asked][0]
+        answer = model._answer_ids(sample["target"]["text"])
+        expected = -sum(float(table[a]) for a in answer)  # each answer token, the end token included
+        written = model.predict(single, max_new_tokens=1)[0]["text"]
+    assert math.isclose(float(loss), expected / len(answer), rel_tol=1e-4)
+    assert written == model.llm.tokenizer.decode([int(table.argmax())]).strip()
+
+    model.train()
+    copy.gate.bias.data.fill_(0.0)
+    model(batch)["loss"].backward()
+    assert copy.gate.bias.grad.abs() > 0 and copy.word_gain.grad.abs().sum() > 0
+    assert copy.sharpness.grad is not None
+    assert copy.read_value.weight.grad.abs().sum() > 0 and copy.read_score.weight.grad.abs().sum() > 0
+    assert model.token_proj.weight.grad.abs().sum() > 0
+    assert all(not layer._forward_hooks for layer in model.llm.decoder.layers)
+    # a batch without text still touches every copy weight (zero), as FSDP needs
+    model.zero_grad()
+    model(collate([ds.sets["detection"][0]]))["loss"].backward()
+    assert all(p.grad is not None for p in copy.parameters())
+
+
+def test_it_needs_token_naming(shapes_root, tmp_path):
+    with pytest.raises(InstantiationException, match="needs model.token_names > 0"):
+        tiny_model_and_sets(shapes_root, tmp_path, ["model.named_copy=true"])
