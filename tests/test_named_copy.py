@@ -23,6 +23,13 @@ def _named(*words_per_token, V=8, strength=6.0):
     return logits.log_softmax(-1)
 
 
+def _built(**kw):
+    """A copy whose name words are RED, BLUE, CIRCLE and STAR (not WHAT)."""
+    copy = NamedCopy(hidden_size=16, num_words=8, **kw)
+    copy.note_names([RED, BLUE, CIRCLE, STAR, 99])  # out of range: ignored
+    return copy
+
+
 def _copy(copy, named, question, tokens=None):
     return copy.lookup(named, question, torch.randn(named.shape[0], 16) if tokens is None else tokens)[0].exp()
 
@@ -31,7 +38,7 @@ def test_the_question_picks_its_token_without_training():
     """At init the copy already points at the token the head names with the question's words,
     and hands out that token's other words; a question that fits no token spreads over all."""
     torch.manual_seed(0)
-    copy = NamedCopy(hidden_size=16, num_words=8)
+    copy = _built()
     named = _named([RED, CIRCLE], [BLUE, STAR])
     about_circle = _copy(copy, named, [WHAT, CIRCLE])
     about_star = _copy(copy, named, [WHAT, STAR])
@@ -40,6 +47,15 @@ def test_the_question_picks_its_token_without_training():
     assert about_star[BLUE] > 3 * about_star[RED]
     either = _copy(copy, named, [WHAT])
     torch.testing.assert_close(either[RED], either[BLUE])
+    assert copy.name_words.tolist() == [True] * 4 + [False] * 4
+    # a word the head was never taught to say at a token does not move the pointer, however
+    # much its log-probability differs between the tokens
+    noisy = named.clone()
+    noisy[:, WHAT] = torch.tensor([0.0, -30.0])
+    torch.testing.assert_close(_copy(copy, noisy, [WHAT, STAR])[:WHAT], about_star[:WHAT])
+    # the tokenizer's objectness counts too: a token it doubts is pointed at less
+    doubted = copy.lookup(named, [WHAT], torch.randn(2, 16), torch.tensor([4.0, -4.0]))[0].exp()
+    assert doubted[RED] > 3 * doubted[BLUE]
     # words outside the head's vocabulary (added tokens) are skipped; none at all: alike
     torch.testing.assert_close(_copy(copy, named, [WHAT, 99]), either)
     torch.testing.assert_close(_copy(copy, named, []), either)
@@ -50,7 +66,7 @@ def test_the_question_picks_its_token_without_training():
 def test_the_pointer_reads_the_token_it_points_at_and_how_well_it_fits():
     """Once its read weights have trained (here: set), what the pointer adds to an answer is
     the pointed-at token's own vector, and it grows with how well and how many tokens fit."""
-    copy = NamedCopy(hidden_size=16, num_words=8)
+    copy = _built()
     torch.nn.init.eye_(copy.read_value.weight)
     tokens = torch.eye(16)[:2] * 4.0  # two tokens, orthogonal
     named = _named([RED, CIRCLE], [BLUE, STAR], strength=12.0)
@@ -61,19 +77,19 @@ def test_the_pointer_reads_the_token_it_points_at_and_how_well_it_fits():
     copy.read_score.weight.data[:] = torch.tensor([[1.0, 0.0], [0.0, 1.0]] + [[0.0, 0.0]] * 14)
     one = copy.lookup(named, [CIRCLE], tokens)[1]
     two = copy.lookup(_named([RED, CIRCLE], [BLUE, CIRCLE], strength=12.0), [CIRCLE], tokens)[1]
-    none = copy.lookup(named, [WHAT], tokens)[1]
-    assert one[0] > none[0]  # the best fit: a circle is there
+    none = copy.lookup(_named([RED, STAR], [BLUE, STAR], strength=12.0), [CIRCLE], tokens)[1]
+    assert one[0] > none[0] + 5  # the best fit: a circle is there, or not
     assert two[1] > one[1] + 0.5  # about log 2 more: two circles
 
 
 def test_the_mixture_is_a_distribution_that_starts_closed_and_opens_where_the_copy_is_right():
     torch.manual_seed(0)
-    copy = NamedCopy(hidden_size=16, num_words=8)
+    copy = _built()
     hidden, logits = torch.randn(3, 16), torch.randn(3, 10)  # 2 added tokens beyond the 8 words
     table = copy.lookup(_named([RED, CIRCLE], [BLUE, STAR]), [CIRCLE], torch.randn(2, 16))[0].expand(3, -1)
     mixed = copy.mix(hidden, logits, table)
     torch.testing.assert_close(mixed.exp().sum(-1), torch.ones(3))
-    assert (mixed.exp() - logits.softmax(-1)).abs().max() < 0.02  # sigmoid(-4): nearly closed
+    assert (mixed.exp() - logits.softmax(-1)).abs().max() < 0.12  # sigmoid(-2): nearly closed
     assert torch.isfinite(mixed).all()
     # the answer is the copied word: the loss opens the gate
     loss = torch.nn.functional.nll_loss(mixed, torch.tensor([RED] * 3))
@@ -123,7 +139,8 @@ def test_in_the_model_closed_it_changes_nothing_open_it_answers_from_the_tokens(
         with model._layer_output() as seen:
             model.llm.decoder(inputs_embeds=prefix, use_cache=False)
         asked = question_line(single["instructions"][0])
-        table = model._copy_tables(seen.get("out", prefix)[0], ids[0], v[0], [asked])[asked][0]
+        table = model._copy_tables(seen.get("out", prefix)[0], ids[0], v[0], toks.layer_logits[-1, 0],
+                                   [asked])[asked][0]
         answer = model._answer_ids(sample["target"]["text"])
         expected = -sum(float(table[a]) for a in answer)  # each answer token, the end token included
         written = model.predict(single, max_new_tokens=1)[0]["text"]
@@ -132,16 +149,23 @@ def test_in_the_model_closed_it_changes_nothing_open_it_answers_from_the_tokens(
 
     model.train()
     copy.gate.bias.data.fill_(0.0)
+    copy.note_names(model._word_ids(asked))  # as if naming had taught the head these words
     model(batch)["loss"].backward()
     assert copy.gate.bias.grad.abs() > 0 and copy.word_gain.grad.abs().sum() > 0
     assert copy.sharpness.grad is not None
     assert copy.read_value.weight.grad.abs().sum() > 0 and copy.read_score.weight.grad.abs().sum() > 0
     assert model.token_proj.weight.grad.abs().sum() > 0
     assert all(not layer._forward_hooks for layer in model.llm.decoder.layers)
-    # a batch without text still touches every copy weight (zero), as FSDP needs
+    assert copy.objectness_weight.grad.abs() > 0
+    # a batch without text still touches every copy weight (zero), as FSDP needs; its naming
+    # loss teaches the copy the name words (those of the objects' names, nothing else)
     model.zero_grad()
-    model(collate([ds.sets["detection"][0]]))["loss"].backward()
+    copy.name_words.zero_()
+    detection = ds.sets["detection"][0]
+    model(collate([detection]))["loss"].backward()
     assert all(p.grad is not None for p in copy.parameters())
+    named = {w for n in detection["target"]["names"] for w in model._word_ids(n)}
+    assert set(copy.name_words.nonzero()[:, 0].tolist()) == named
 
 
 def test_it_needs_token_naming(shapes_root, tmp_path):
