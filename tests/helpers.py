@@ -55,3 +55,22 @@ def tiny_model_and_sets(shapes_root: Path, tmp_path: Path, extra=(), task: str =
     prepare_tokenizer(cfg, tokenizer_corpus(ds, vocabulary))
     torch.manual_seed(0)
     return instantiate(cfg.model), ds
+
+
+def text_with_and_without(model, part: str, batch, max_new_tokens: int = 5):
+    """What ``model`` writes for ``batch`` and its text loss, with its sub-module ``part`` as it
+    is and with it removed: ``((texts, loss), (texts, loss))``."""
+    import torch
+
+    def run():
+        return [o["text"] for o in model.predict(batch, max_new_tokens=max_new_tokens)], model(batch)["loss_text"]
+
+    kept = getattr(model, part)
+    with torch.no_grad():
+        with_part = run()
+        setattr(model, part, None)
+        try:
+            without = run()
+        finally:
+            setattr(model, part, kept)
+    return with_part, without

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra.errors import InstantiationException
 
-from tests.helpers import tiny_model_and_sets
+from tests.helpers import text_with_and_without, tiny_model_and_sets
 from visionllm.data.transforms import collate
 from visionllm.modeling.named_copy import NamedCopy
 from visionllm.modeling.visionllm import question_line
@@ -119,12 +119,7 @@ def test_in_the_model_closed_it_changes_nothing_open_it_answers_from_the_tokens(
     copy = model.named_copy
     with torch.no_grad():
         copy.gate.bias.fill_(-60.0)
-        shut_text = [o["text"] for o in model.predict(batch, max_new_tokens=5)]
-        shut_loss = model(batch)["loss_text"]
-        model.named_copy = None
-        plain_text = [o["text"] for o in model.predict(batch, max_new_tokens=5)]
-        plain_loss = model(batch)["loss_text"]
-        model.named_copy = copy
+    (shut_text, shut_loss), (plain_text, plain_loss) = text_with_and_without(model, "named_copy", batch)
     assert shut_text == plain_text
     torch.testing.assert_close(shut_loss, plain_loss)
 

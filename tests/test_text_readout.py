@@ -5,7 +5,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from tests.helpers import tiny_model_and_sets
+from tests.helpers import text_with_and_without, tiny_model_and_sets
 from visionllm.modeling.readout import TextReadout
 from visionllm.modeling.visionllm import question_line
 from visionllm.tasks.vqa import answer_spans, question_text
@@ -89,13 +89,7 @@ def test_starts_as_a_no_op_and_then_reads_the_image(shapes_root, tmp_path):
     samples = [vqa, ds.sets["caption"][0]]
     batch = collate(samples)
     readout = model.text_readout
-    with torch.no_grad():
-        with_loop = [o["text"] for o in model.predict(batch, max_new_tokens=6)]
-        loss_with = model(batch)["loss_text"]
-        model.text_readout = None
-        with_generate = [o["text"] for o in model.predict(batch, max_new_tokens=6)]
-        loss_without = model(batch)["loss_text"]
-        model.text_readout = readout
+    (with_loop, loss_with), (with_generate, loss_without) = text_with_and_without(model, "text_readout", batch, 6)
     assert with_loop == with_generate
     torch.testing.assert_close(loss_with, loss_without)
 
