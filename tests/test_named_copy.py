@@ -9,7 +9,7 @@ from hydra.errors import InstantiationException
 
 from tests.helpers import text_with_and_without, tiny_model_and_sets
 from visionllm.data.transforms import collate
-from visionllm.modeling.named_copy import NamedCopy
+from visionllm.modeling.named_copy import NamedCopy, bare_forms
 from visionllm.modeling.visionllm import question_line
 
 RED, BLUE, CIRCLE, STAR, WHAT = range(5)
@@ -24,14 +24,15 @@ def _named(*words_per_token, V=8, strength=6.0):
 
 
 def _built(**kw):
-    """A copy whose name words are RED, BLUE, CIRCLE and STAR (not WHAT)."""
-    copy = NamedCopy(hidden_size=16, num_words=8, **kw)
+    """A copy whose name words are RED, BLUE, CIRCLE and STAR (not WHAT); RED's bare form is
+    word 5, BLUE's word 6."""
+    copy = NamedCopy(hidden_size=16, bare_of=torch.tensor([5, 6, CIRCLE, STAR, WHAT, 5, 6, 7]), **kw)
     copy.note_names([RED, BLUE, CIRCLE, STAR, 99])  # out of range: ignored
     return copy
 
 
 def _copy(copy, named, question, tokens=None):
-    return copy.lookup(named, question, torch.randn(named.shape[0], 16) if tokens is None else tokens)[0].exp()
+    return copy.lookup(named, question, torch.randn(named.shape[0], 16) if tokens is None else tokens)[0][0].exp()
 
 
 def test_the_question_picks_its_token_without_training():
@@ -54,13 +55,33 @@ def test_the_question_picks_its_token_without_training():
     noisy[:, WHAT] = torch.tensor([0.0, -30.0])
     torch.testing.assert_close(_copy(copy, noisy, [WHAT, STAR])[:WHAT], about_star[:WHAT])
     # the tokenizer's objectness counts too: a token it doubts is pointed at less
-    doubted = copy.lookup(named, [WHAT], torch.randn(2, 16), torch.tensor([4.0, -4.0]))[0].exp()
+    doubted = copy.lookup(named, [WHAT], torch.randn(2, 16), torch.tensor([4.0, -4.0]))[0][0].exp()
     assert doubted[RED] > 3 * doubted[BLUE]
     # words outside the head's vocabulary (added tokens) are skipped; none at all: alike
     torch.testing.assert_close(_copy(copy, named, [WHAT, 99]), either)
     torch.testing.assert_close(_copy(copy, named, []), either)
     with pytest.raises(ValueError, match="words at the tokens"):
         copy.lookup(torch.zeros(2, 5), [1], torch.zeros(2, 16))
+
+
+def test_a_copied_word_also_comes_in_its_bare_form(shapes_root, tmp_path):
+    """An answer starts with "red", a name says " red": the copy's second row moves each
+    in-sentence form's mass to its bare form, which the tokenizer maps."""
+    copy = _built()
+    log_c = copy.lookup(_named([RED, CIRCLE], [BLUE, STAR]), [CIRCLE], torch.randn(2, 16))[0]
+    c, bare = log_c.exp()
+    assert bare[RED] < 1e-20 and bare[BLUE] < 1e-20 and bare.sum().item() == pytest.approx(1.0)
+    torch.testing.assert_close(bare[5:7], c[[RED, BLUE]] + c[5:7])
+    torch.testing.assert_close(bare[CIRCLE:5], c[CIRCLE:5])
+    model, _ = tiny_model_and_sets(shapes_root, tmp_path, ["model.token_names=1.0", "model.named_copy=true"])
+    tok = model.llm.tokenizer
+    bare_of = model.named_copy.bare_of
+    moved = (bare_of != torch.arange(len(bare_of))).nonzero()[:, 0].tolist()
+    assert len(moved) > 10
+    for i in moved:
+        assert tok.decode([i]).startswith(" ") and tok.decode([int(bare_of[i])]) == tok.decode([i]).strip()
+        assert int(bare_of[bare_of[i]]) == int(bare_of[i])  # a bare form stays
+    torch.testing.assert_close(bare_forms(tok, model.llm.vocab.image), bare_of)
 
 
 def test_the_pointer_reads_the_token_it_points_at_and_how_well_it_fits():
@@ -86,7 +107,7 @@ def test_the_mixture_is_a_distribution_that_starts_closed_and_opens_where_the_co
     torch.manual_seed(0)
     copy = _built()
     hidden, logits = torch.randn(3, 16), torch.randn(3, 10)  # 2 added tokens beyond the 8 words
-    table = copy.lookup(_named([RED, CIRCLE], [BLUE, STAR]), [CIRCLE], torch.randn(2, 16))[0].expand(3, -1)
+    table = copy.lookup(_named([RED, CIRCLE], [BLUE, STAR]), [CIRCLE], torch.randn(2, 16))[0].expand(3, -1, -1)
     mixed = copy.mix(hidden, logits, table)
     torch.testing.assert_close(mixed.exp().sum(-1), torch.ones(3))
     assert (mixed.exp() - logits.softmax(-1)).abs().max() < 0.12  # sigmoid(-2): nearly closed
@@ -135,12 +156,14 @@ def test_in_the_model_closed_it_changes_nothing_open_it_answers_from_the_tokens(
             model.llm.decoder(inputs_embeds=prefix, use_cache=False)
         asked = question_line(single["instructions"][0])
         table = model._copy_tables(seen.get("out", prefix)[0], ids[0], v[0], toks.layer_logits[-1, 0],
-                                   [asked])[asked][0]
+                                   [asked])[asked][0]  # (2, V)
         answer = model._answer_ids(sample["target"]["text"])
-        expected = -sum(float(table[a]) for a in answer)  # each answer token, the end token included
+        # the form gate starts at 1/2: half the copy on in-sentence forms, half on bare ones
+        mixed = torch.logaddexp(table[0], table[1]) - math.log(2)
+        expected = -sum(float(mixed[a]) for a in answer)  # each answer token, the end token included
         written = model.predict(single, max_new_tokens=1)[0]["text"]
     assert math.isclose(float(loss), expected / len(answer), rel_tol=1e-4)
-    assert written == model.llm.tokenizer.decode([int(table.argmax())]).strip()
+    assert written == model.llm.tokenizer.decode([int(mixed.argmax())]).strip()
 
     model.train()
     copy.gate.bias.data.fill_(0.0)

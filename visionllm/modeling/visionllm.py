@@ -20,7 +20,7 @@ from visionllm.modeling.deformable import MLP, sine_embed
 from visionllm.modeling.image_tokenizer import ImageTokenizer
 from visionllm.modeling.llm import LLM
 from visionllm.modeling.losses import answer_loss, global_counts, tokenizer_loss
-from visionllm.modeling.named_copy import NamedCopy
+from visionllm.modeling.named_copy import NamedCopy, bare_forms
 from visionllm.modeling.readout import TextReadout
 from visionllm.modeling.readout import rms as _rms
 from visionllm.tasks.instructions import Request
@@ -90,7 +90,7 @@ class VisionLLM(nn.Module):
         if named_copy and self.token_names <= 0:
             raise ValueError("model.named_copy reads what the LLM's head names at the image tokens: it needs "
                              "model.token_names > 0 (token naming), which is off")
-        self.named_copy = NamedCopy(H, llm.vocab.image) if named_copy else None
+        self.named_copy = NamedCopy(H, bare_forms(llm.tokenizer, llm.vocab.image)) if named_copy else None
         self.none_weight = none_weight
         if group_matching not in ("tokenizer", "hungarian"):
             raise ValueError(f"group_matching must be 'tokenizer' or 'hungarian', not {group_matching!r}")
