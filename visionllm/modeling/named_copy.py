@@ -5,13 +5,14 @@ With token naming (``model.token_names``), the LLM's own head, read at one layer
 token, names the object the token stands for: at a red circle's token it says "red" and
 "circle". A question names its object too ("what colour is the circle?"). So how well token i
 fits a question needs no learning at all: the log-probability that the head gives, at the
-token, to the question's words. The copy turns that into a distribution over the words of the
-image's objects and mixes it into the answer's next-word distribution, as a pointer-generator
-network does (See et al. 2017, "Get To The Point"):
+token, to the question's words. The copy turns that into a distribution c over the words of
+the image's objects and multiplies the answer's next-word distribution by it, to a power
+learned from the position's state (a product of experts: the LLM knows which kind of word the
+answer is, the copy which one of that kind is in the image):
 
     m_i = sum_w u_w log p_i(w) / |Q| + k log sigmoid(o_i)     alpha = softmax_i(tau m_i)
-    c(y) = sum_i alpha_i p_i(y)                    g_t = sigmoid(w . rms(h_t) + b)
-    p_t(y) = (1 - g_t) p_LLM,t(y) + g_t c(y)
+    c(y) = sum_i alpha_i p_i(y)                   beta_t = w . rms(h_t) + b
+    p_t(y) ~ p_LLM,t(y) (c(y) + eps)^beta_t
 
 ``p_i`` is the head's word distribution at token i (over the text vocabulary), ``Q`` the
 question's words that token naming has taught the head to say (its name words: "circle",
@@ -19,15 +20,16 @@ question's words that token naming has taught the head to say (its name words: "
 fit: 0.21 of run 11's colour questions pointed at the right object with every word counted,
 0.83 with the name words only), ``u`` a learned weight per word, ``o_i`` the image
 tokenizer's objectness of token i and ``k`` its learned weight (0.88 with it), ``tau`` a
-learned sharpness, ``g_t`` a gate from the answer position's own state (so the model can use
-the copy for "what colour" and not for "how many").
+learned sharpness, ``beta_t`` the copy's strength at the position (so the model can use it for
+"what colour" and not for "how many", nor for the end token). A pointer-generator mixture,
+(1 - g) p_LLM + g c (See et al. 2017), was the first form: its copy has to be right about the
+kind of word as well, it holds the colour and the shape at once, and in 500 steps of a pilot
+its gate opened to 0.08 only.
 
 A word has two forms in a BPE vocabulary: " red" inside a sentence, as names and questions
 tokenize it, and "red" at the start of an answer. The copy holds both, c over the in-sentence
 forms and c' the same mass moved to each word's bare form (``bare_of``), mixed by a second
-gate from the position's state (f_t, starting at 1/2): p_t(y) = (1 - g_t) p_LLM,t(y) +
-g_t (f_t c(y) + (1 - f_t) c'(y)). (Without it the first pilot copied " red" where the answer
-was "red", and learnt to keep the gate shut.)
+gate from the position's state (f_t, starting at 1/2): f_t c + (1 - f_t) c'.
 
 The same pointer also reads what a word cannot carry: where the token is ("is the circle on
 the left or the right?") and how well, and how many, tokens fit the question ("is there a
@@ -36,10 +38,8 @@ star?", "how many stars?"). Before the head, each answer position gets
     h'_t = h_t + W_v sum_i alpha_i rms(v_i) + W_s [max_i m_i, logsumexp_i m_i]
 
 with v_i the LLM's input token (its content and its location embedding) and m_i the
-unsharpened fit. ``W_v`` and ``W_s`` start at zero and the gate nearly closed (b = -2, w = 0):
-a model with the copy starts as one without it, up to 12 % of the mass. (At b = -4, 1.8 %, a
-500-step pilot from run 11's weights left the gate shut: Adam moves a bias by about the
-learning rate a step.)
+unsharpened fit. ``W_v``, ``W_s``, ``w`` and ``b`` start at zero: a model with the copy starts
+exactly as one without it.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ from visionllm.modeling.readout import rms
 
 
 class NamedCopy(nn.Module):
-    def __init__(self, hidden_size: int, bare_of: torch.Tensor, gate_bias: float = -2.0):
+    eps = 1e-6  # the floor of c: a word the copy does not offer is not ruled out
+
+    def __init__(self, hidden_size: int, bare_of: torch.Tensor):
         """``bare_of`` (V,): for each text word id, the id of the same word without its leading
         space where the vocabulary has one (``bare_forms``), else the id itself."""
         super().__init__()
@@ -67,9 +69,9 @@ class NamedCopy(nn.Module):
         self.word_gain = nn.Parameter(torch.ones(self.num_words))
         self.sharpness = nn.Parameter(torch.tensor(1.0))
         self.objectness_weight = nn.Parameter(torch.tensor(1.0))
-        self.gate = nn.Linear(hidden_size, 1)
-        nn.init.zeros_(self.gate.weight)
-        nn.init.constant_(self.gate.bias, gate_bias)
+        self.strength = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.strength.weight)
+        nn.init.zeros_(self.strength.bias)
         self.read_value = nn.Linear(hidden_size, hidden_size, bias=False)
         self.read_score = nn.Linear(2, hidden_size, bias=False)
         nn.init.zeros_(self.read_value.weight)
@@ -107,21 +109,20 @@ class NamedCopy(nn.Module):
         return log_c, read
 
     def mix(self, hidden: torch.Tensor, logits: torch.Tensor, copy_logp: torch.Tensor) -> torch.Tensor:
-        """(P, V_all) log-probabilities of the mixture at P answer positions: ``hidden`` (P, H)
-        their states, ``logits`` (P, V_all) the LLM's, ``copy_logp`` (P, 2, V) each position's
-        copy over the text words (the first V ids; the added tokens get none of it), in-sentence
-        and bare forms."""
+        """(P, V_all) next-word log-probabilities at P answer positions: ``hidden`` (P, H) their
+        states, ``logits`` (P, V_all) the LLM's, ``copy_logp`` (P, 2, V) each position's copy
+        over the text words (the first V ids; the added tokens are not offered), in-sentence and
+        bare forms."""
         h = rms(hidden.float())
-        g = self.gate(h).squeeze(-1)  # (P,) gate logit
+        beta = self.strength(h)  # (P, 1)
         f = self.form(h)  # (P, 1) in-sentence form against bare form
-        llm = logits.float().log_softmax(-1) + nn.functional.logsigmoid(-g)[:, None]
-        copy_logp = torch.logaddexp(copy_logp[:, 0] + nn.functional.logsigmoid(f),
-                                    copy_logp[:, 1] + nn.functional.logsigmoid(-f))
-        extra = logits.shape[-1] - copy_logp.shape[-1]
-        copy = copy_logp + nn.functional.logsigmoid(g)[:, None]
+        copy = torch.logaddexp(copy_logp[:, 0] + nn.functional.logsigmoid(f),
+                               copy_logp[:, 1] + nn.functional.logsigmoid(-f))
+        copy = torch.logaddexp(copy, copy.new_tensor(math.log(self.eps)))  # log(c + eps)
+        extra = logits.shape[-1] - copy.shape[-1]
         if extra:
-            copy = torch.cat([copy, copy.new_full((copy.shape[0], extra), -math.inf)], -1)
-        return torch.logaddexp(llm, copy)
+            copy = torch.cat([copy, copy.new_full((copy.shape[0], extra), math.log(self.eps))], -1)
+        return (logits.float() + beta * copy).log_softmax(-1)
 
 
 def bare_forms(tokenizer, num_words: int) -> torch.Tensor:
