@@ -187,3 +187,29 @@ def test_in_the_model_closed_it_changes_nothing_open_it_answers_from_the_tokens(
 def test_it_needs_token_naming(shapes_root, tmp_path):
     with pytest.raises(InstantiationException, match="needs model.token_names > 0"):
         tiny_model_and_sets(shapes_root, tmp_path, ["model.named_copy=true"])
+
+
+def test_the_probe_scores_the_pointer_and_the_copy(shapes_root, tmp_path):
+    """tools/probe_copy.py: the pointer's hit rates lie in [0, 1], the copy's strength is its
+    starting zero, and its mass on the answer a probability."""
+    import sys
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from probe_copy import probe
+
+    model, _ = tiny_model_and_sets(shapes_root, tmp_path, ["model.token_names=1.0", "model.named_copy=true"])
+    model.eval()
+    cfg = OmegaConf.create({"data": {"image_size": 64}})
+    result = probe(model, cfg, conversations=6, data_root=str(shapes_root))
+    kinds = {k.split("/")[0] for k in result}
+    assert {"color", "count"} <= kinds
+    for key, value in result.items():
+        how = key.split("/")[1]
+        if how == "copy_strength":
+            assert value == 0.0
+        elif how != "questions":
+            assert 0.0 <= value <= 1.0, key
+    assert result["color/questions"] > 0

@@ -48,10 +48,11 @@ def probe(model, cfg, conversations: int, data_root: str | None = None) -> dict:
     from visionllm.tasks import vqa
 
     tok = model.llm.tokenizer
-    ann_file, vqa_file, image_root = cfg.data.val.detection.ann_file, cfg.data.val.vqa.json_file, cfg.data.val.vqa.image_root
     if data_root:  # the built-in layout under another root (the checkpoint's run may have used another)
         root = Path(data_root)
         ann_file, vqa_file, image_root = root / "annotations/instances_val2017.json", root / "llava/llava_instruct_val.json", root
+    else:
+        ann_file, vqa_file, image_root = cfg.data.val.detection.ann_file, cfg.data.val.vqa.json_file, cfg.data.val.vqa.image_root
     coco = json.loads(Path(ann_file).read_text())
     cats = {c["id"]: c["name"] for c in coco["categories"]}
     colours = sorted({w for a in coco["annotations"] for w in a.get("attributes") or []})
