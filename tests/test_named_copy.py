@@ -101,6 +101,12 @@ def test_the_pointer_reads_the_token_it_points_at_and_how_well_it_fits():
     none = copy.lookup(_named([RED, STAR], [BLUE, STAR], strength=12.0), [CIRCLE], tokens)[1]
     assert one[0] > none[0] + 5  # the best fit: a circle is there, or not
     assert two[1] > one[1] + 0.5  # about log 2 more: two circles
+    # with model.copy_where, also where the pointed-at token is: left of centre, or right
+    where = _built(where=True)
+    where.read_where.weight.data[:] = torch.eye(16)[:, :2]
+    places = torch.tensor([[0.1, 0.5], [0.9, 0.5]])
+    assert where.lookup(named, [CIRCLE], tokens, None, places)[1][0] < -0.3
+    assert where.lookup(named, [STAR], tokens, None, places)[1][0] > 0.3
 
 
 def test_the_product_is_a_distribution_that_starts_as_the_llm_and_grows_where_the_copy_is_right():
@@ -132,7 +138,7 @@ def _vqa_sample(ds):
     raise AssertionError("no first-turn VQA sample")
 
 
-@pytest.mark.parametrize("extra", [[], ["model.text_readout=true", "model.token_names_layer=0"]])
+@pytest.mark.parametrize("extra", [[], ["model.text_readout=true", "model.token_names_layer=0", "model.copy_where=true"]])
 def test_in_the_model_closed_it_changes_nothing_open_it_answers_from_the_tokens(shapes_root, tmp_path, extra):
     """As built (strength 0) the model scores and writes text as the one without the copy;
     strong, the first word written is the copy's best; training reaches the strength, the word
@@ -170,6 +176,7 @@ def test_in_the_model_closed_it_changes_nothing_open_it_answers_from_the_tokens(
     assert copy.strength.bias.grad.abs() > 0 and copy.word_gain.grad.abs().sum() > 0
     assert copy.sharpness.grad is not None
     assert copy.read_value.weight.grad.abs().sum() > 0 and copy.read_score.weight.grad.abs().sum() > 0
+    assert copy.read_where is None or copy.read_where.weight.grad.abs().sum() > 0
     assert model.token_proj.weight.grad.abs().sum() > 0
     assert all(not layer._forward_hooks for layer in model.llm.decoder.layers)
     assert copy.objectness_weight.grad.abs() > 0
@@ -187,6 +194,8 @@ def test_in_the_model_closed_it_changes_nothing_open_it_answers_from_the_tokens(
 def test_it_needs_token_naming(shapes_root, tmp_path):
     with pytest.raises(InstantiationException, match="needs model.token_names > 0"):
         tiny_model_and_sets(shapes_root, tmp_path, ["model.named_copy=true"])
+    with pytest.raises(InstantiationException, match="needs model.named_copy=true"):
+        tiny_model_and_sets(shapes_root, tmp_path, ["model.token_names=1.0", "model.copy_where=true"])
 
 
 def test_the_probe_scores_the_pointer_and_the_copy(shapes_root, tmp_path):

@@ -23,9 +23,10 @@ def build_visionllm(
     token_names: float = 0.0,
     token_names_layer: int = 1,
     named_copy: bool = False,
+    copy_where: bool = False,
 ) -> VisionLLM:
     tokenizer = ImageTokenizer(backbone=backbone, text_encoder=text_encoder, **dict(image_tokenizer))
     return VisionLLM(image_tokenizer=tokenizer, llm=llm, none_weight=none_weight,
                      group_matching=group_matching, loss_weights=loss_weights, token_scale=token_scale,
                      text_readout=text_readout, token_names=token_names, token_names_layer=token_names_layer,
-                     named_copy=named_copy)
+                     named_copy=named_copy, copy_where=copy_where)

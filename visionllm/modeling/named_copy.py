@@ -55,9 +55,10 @@ from visionllm.modeling.readout import rms
 class NamedCopy(nn.Module):
     eps = 1e-6  # the floor of c: a word the copy does not offer is not ruled out
 
-    def __init__(self, hidden_size: int, bare_of: torch.Tensor):
+    def __init__(self, hidden_size: int, bare_of: torch.Tensor, where: bool = False):
         """``bare_of`` (V,): for each text word id, the id of the same word without its leading
-        space where the vocabulary has one (``bare_forms``), else the id itself."""
+        space where the vocabulary has one (``bare_forms``), else the id itself; ``where``: the
+        read also takes the pointed-at location, W_l sum_i alpha_i (l_i - 1/2)."""
         super().__init__()
         self.num_words = int(bare_of.numel())
         self.register_buffer("bare_of", bare_of.long().clone(), persistent=False)  # from the tokenizer
@@ -76,6 +77,9 @@ class NamedCopy(nn.Module):
         self.read_score = nn.Linear(2, hidden_size, bias=False)
         nn.init.zeros_(self.read_value.weight)
         nn.init.zeros_(self.read_score.weight)
+        self.read_where = nn.Linear(2, hidden_size, bias=False) if where else None
+        if self.read_where is not None:
+            nn.init.zeros_(self.read_where.weight)
 
     @torch.no_grad()
     def note_names(self, word_ids) -> None:
@@ -84,11 +88,12 @@ class NamedCopy(nn.Module):
         self.name_words[ids[(ids >= 0) & (ids < self.num_words)]] = True
 
     def lookup(self, named_logp: torch.Tensor, question_ids: list[int], tokens: torch.Tensor,
-               objectness: torch.Tensor | None = None):
+               objectness: torch.Tensor | None = None, where: torch.Tensor | None = None):
         """For one question (its word token ids) over one image's M tokens: ``(log c (2, V),
         read (H,))``, the copy's word distribution (in-sentence forms, bare forms) and what is
         added to each answer state before the head. ``named_logp`` (M, V) the head's log-probabilities at each token, ``tokens`` (M, H)
-        the LLM's input tokens, ``objectness`` (M,) the tokenizer's logits, or None."""
+        the LLM's input tokens, ``objectness`` (M,) the tokenizer's logits, or None, ``where``
+        (M, 2) the tokens' locations l_i on the canvas (0 to 1), or None."""
         if named_logp.shape[-1] != self.num_words:
             raise ValueError(f"named copy: {named_logp.shape[-1]} words at the tokens, the copy was built for "
                              f"{self.num_words}")
@@ -106,6 +111,8 @@ class NamedCopy(nn.Module):
         log_c = torch.stack([log_c, bare.clamp_min(1e-30).log()])
         read = self.read_value(log_alpha.exp() @ rms(tokens.float()))
         read = read + self.read_score(torch.stack([fit.max(), torch.logsumexp(fit, 0)]))
+        if self.read_where is not None and where is not None:
+            read = read + self.read_where(log_alpha.exp() @ (where.float() - 0.5))
         return log_c, read
 
     def mix(self, hidden: torch.Tensor, logits: torch.Tensor, copy_logp: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,7 @@ class VisionLLM(nn.Module):
         token_names: float = 0.0,
         token_names_layer: int = 1,
         named_copy: bool = False,
+        copy_where: bool = False,
     ):
         super().__init__()
         self.image_tokenizer = image_tokenizer
@@ -90,7 +91,9 @@ class VisionLLM(nn.Module):
         if named_copy and self.token_names <= 0:
             raise ValueError("model.named_copy reads what the LLM's head names at the image tokens: it needs "
                              "model.token_names > 0 (token naming), which is off")
-        self.named_copy = NamedCopy(H, bare_forms(llm.tokenizer, llm.vocab.image)) if named_copy else None
+        if copy_where and not named_copy:
+            raise ValueError("model.copy_where adds to the named copy's read: it needs model.named_copy=true")
+        self.named_copy = NamedCopy(H, bare_forms(llm.tokenizer, llm.vocab.image), where=copy_where) if named_copy else None
         self.none_weight = none_weight
         if group_matching not in ("tokenizer", "hungarian"):
             raise ValueError(f"group_matching must be 'tokenizer' or 'hungarian', not {group_matching!r}")
@@ -228,7 +231,8 @@ class VisionLLM(nn.Module):
             if kind == TEXT_PASS and text_rows:
                 losses["loss_text"] = self._text_loss(prefix, valid, text_rows, answers, ids, context,
                                                       v=(v, toks.pixels), instructions=batch["instructions"],
-                                                      turns=turns, objectness=toks.layer_logits[-1]) / text_norm
+                                                      turns=turns, objectness=toks.layer_logits[-1],
+                                                      anchors=anchors) / text_norm
             elif kind in groups:
                 self._structured_losses(sums, prefix, valid, ids, v, anchors, groups[kind], kind, requests, targets,
                                         assignment, matched)
@@ -335,13 +339,15 @@ class VisionLLM(nn.Module):
         return self.llm.tokenizer(" " + text, add_special_tokens=False)["input_ids"]
 
     def _copy_tables(self, states: torch.Tensor, ids_row: torch.Tensor, tokens: torch.Tensor,
-                     objectness: torch.Tensor | None, questions: list[str]) -> dict:
+                     objectness: torch.Tensor | None, questions: list[str],
+                     where: torch.Tensor | None = None) -> dict:
         """{question: ((V,) log c, (H,) read)} of the copy over one image's tokens: ``states``
         (T, H) the named layer's output over the sequence, ``ids_row`` its prefix token ids,
-        ``tokens`` (M, H) the image tokens, ``objectness`` (M,) the tokenizer's logits."""
+        ``tokens`` (M, H) the image tokens, ``objectness`` (M,) the tokenizer's logits, ``where``
+        (M, 2) the tokens' locations."""
         at = (ids_row == self.llm.vocab.image).nonzero()[:, 0]
         named = self._head_words(states[at]).log_softmax(-1)  # (M, V)
-        return {q: self.named_copy.lookup(named, self._word_ids(q), tokens, objectness)
+        return {q: self.named_copy.lookup(named, self._word_ids(q), tokens, objectness, where)
                 for q in dict.fromkeys(questions)}
 
     def _copy_logp(self, hidden: torch.Tensor, tables: list) -> torch.Tensor:
@@ -376,14 +382,14 @@ class VisionLLM(nn.Module):
         return tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
     def _text_loss(self, prefix, valid, rows: list[int], answers: list[list[int]], ids=None, context=None, *,
-                   v=None, instructions=None, turns=None, objectness=None) -> torch.Tensor:
+                   v=None, instructions=None, turns=None, objectness=None, anchors=None) -> torch.Tensor:
         """Summed next-token cross-entropy on each answer after the <bos> query, and on the
         prefix tokens at ``context`` positions (per row: earlier answers of a conversation,
         ``ids`` their token ids); the caller divides by the answer tokens of all processes (as
         the box losses divide by objects). ``v`` (the image tokens and their pixels, or None),
         ``instructions`` and ``turns`` (per row: (question, positions) of each earlier answer)
         feed the text readout, where the model has one; ``objectness`` (B, M, the tokenizer's
-        logits, or None) the copy too."""
+        logits) and ``anchors`` (B, M, 2), or None, the copy too."""
         vocab = self.llm.vocab
         seqs, label_rows = [], []
         for b, ans in zip(rows, answers):
@@ -427,7 +433,8 @@ class VisionLLM(nn.Module):
             return torch.nn.functional.cross_entropy(self.llm.logits(picked), labels, reduction="sum")
         states = seen.get("out", embeds)  # layer 0: the LLM's input
         tables = [self._copy_tables(states[i], ids[b], v[0][b], None if objectness is None else objectness[b],
-                                    [q for j, qs in asks if j == i for q in qs])
+                                    [q for j, qs in asks if j == i for q in qs],
+                                    None if anchors is None else anchors[b])
                   for i, b in enumerate(rows)]
         logp = self._copy_logp(picked, [tables[i][q] for i, qs in asks for q in qs])
         return torch.nn.functional.nll_loss(logp, labels, reduction="sum")
@@ -456,16 +463,17 @@ class VisionLLM(nn.Module):
                 out[b] = {"text": self.generate_text(prefix[b : b + 1, :n], max_new_tokens,
                                                      image_tokens=(v[b : b + 1], toks.pixels[b : b + 1]),
                                                      instruction=batch["instructions"][b], ids=ids[b, :n],
-                                                     objectness=toks.layer_logits[-1, b])}
+                                                     objectness=toks.layer_logits[-1, b], anchors=anchors[b])}
         return out
 
     def generate_text(self, prefix: torch.Tensor, max_new_tokens: int, *, image_tokens: tuple | None = None,
                       instruction: str = "", ids: torch.Tensor | None = None,
-                      objectness: torch.Tensor | None = None) -> str:
+                      objectness: torch.Tensor | None = None, anchors: torch.Tensor | None = None) -> str:
         """Token-by-token text with the KV cache, for captions and answers: ``generate`` itself,
         or with the text readout (``image_tokens`` = (v (1, M, H), pixels (1, M, C)) then
         required) or the copy (``ids``, the prefix's token ids, then required; ``objectness``
-        (M,) the tokenizer's logits) a greedy loop of our own over the same cache."""
+        (M,) the tokenizer's logits, ``anchors`` (M, 2) the tokens' locations) a greedy loop of
+        our own over the same cache."""
         tok = self.llm.tokenizer
         bos = self.llm.embed(torch.tensor([[self.llm.vocab.bos]], device=prefix.device))
         embeds = torch.cat([prefix, bos], 1)
@@ -490,7 +498,8 @@ class VisionLLM(nn.Module):
         copy = None
         if self.named_copy is not None:
             asked = question_line(instruction)
-            copy = self._copy_tables(seen.get("out", embeds)[0], ids, image_tokens[0][0], objectness, [asked])[asked]
+            copy = self._copy_tables(seen.get("out", embeds)[0], ids, image_tokens[0][0], objectness, [asked],
+                                     anchors)[asked]
         new: list[int] = []
         for _ in range(max_new_tokens):
             hidden = self._read(out.last_hidden_state[:, -1:], question, image_tokens)[0]  # (1, H)
