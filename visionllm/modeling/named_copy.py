@@ -38,7 +38,8 @@ star?", "how many stars?"). Before the head, each answer position gets
     h'_t = h_t + W_v sum_i alpha_i rms(v_i) + W_s [max_i m_i, logsumexp_i m_i]
 
 with v_i the LLM's input token (its content and its location embedding) and m_i the
-unsharpened fit. ``W_v``, ``W_s``, ``w`` and ``b`` start at zero: a model with the copy starts
+unsharpened fit; with ``where`` (``model.copy_where``) also W_l sum_i alpha_i (l_i - 1/2),
+the pointed-at location itself. ``W_v``, ``W_s``, ``w`` and ``b`` start at zero: a model with the copy starts
 exactly as one without it.
 """
 
@@ -91,16 +92,18 @@ class NamedCopy(nn.Module):
                objectness: torch.Tensor | None = None, where: torch.Tensor | None = None):
         """For one question (its word token ids) over one image's M tokens: ``(log c (2, V),
         read (H,))``, the copy's word distribution (in-sentence forms, bare forms) and what is
-        added to each answer state before the head. ``named_logp`` (M, V) the head's log-probabilities at each token, ``tokens`` (M, H)
-        the LLM's input tokens, ``objectness`` (M,) the tokenizer's logits, or None, ``where``
-        (M, 2) the tokens' locations l_i on the canvas (0 to 1), or None."""
+        added to each answer state before the head. ``named_logp`` (M, V) the head's
+        log-probabilities at each token, ``tokens`` (M, H) the LLM's input tokens,
+        ``objectness`` (M,) the tokenizer's logits, or None, ``where`` (M, 2) the tokens'
+        locations l_i on the canvas (0 to 1), or None."""
         if named_logp.shape[-1] != self.num_words:
             raise ValueError(f"named copy: {named_logp.shape[-1]} words at the tokens, the copy was built for "
                              f"{self.num_words}")
-        q = [w for w in question_ids if 0 <= w < self.num_words and self.name_words[w]]
-        if q:
-            at = torch.tensor(q, device=named_logp.device)
-            fit = (named_logp[:, at] * self.word_gain[at]).sum(-1) / len(q)
+        at = torch.tensor([w for w in question_ids if 0 <= w < self.num_words], dtype=torch.long,
+                          device=named_logp.device)
+        at = at[self.name_words[at]]
+        if len(at):
+            fit = (named_logp[:, at] * self.word_gain[at]).sum(-1) / len(at)
         else:  # a question that names nothing ("how many shapes?"): every token alike
             fit = named_logp.new_zeros(named_logp.shape[0])
         if objectness is not None:

@@ -341,7 +341,7 @@ class VisionLLM(nn.Module):
     def _copy_tables(self, states: torch.Tensor, ids_row: torch.Tensor, tokens: torch.Tensor,
                      objectness: torch.Tensor | None, questions: list[str],
                      where: torch.Tensor | None = None) -> dict:
-        """{question: ((V,) log c, (H,) read)} of the copy over one image's tokens: ``states``
+        """{question: ((2, V) log c, (H,) read)} of the copy over one image's tokens: ``states``
         (T, H) the named layer's output over the sequence, ``ids_row`` its prefix token ids,
         ``tokens`` (M, H) the image tokens, ``objectness`` (M,) the tokenizer's logits, ``where``
         (M, 2) the tokens' locations."""
