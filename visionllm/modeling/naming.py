@@ -1,0 +1,86 @@
+"""What the LLM's head says at the image tokens [ours]: token naming's loss (docs/design.md,
+"Token naming") and the copy's tables (named_copy.py), as methods of :class:`VisionLLM`.
+
+The mixin reads the model's ``llm``, ``token_names``, ``token_names_layer`` and
+``named_copy``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+
+class TokenNaming:
+    @contextmanager
+    def _layer_output(self):
+        """Within: the output of the LLM layer the token-naming loss reads (its first call,
+        in ``seen["out"]``); nothing is hooked where the loss is off or reads the input."""
+        seen: dict = {}
+        if self.token_names <= 0 or self.token_names_layer == 0:
+            yield seen
+            return
+        layer = self.llm.decoder.layers[self.token_names_layer - 1]
+        hook = layer.register_forward_hook(lambda _m, _args, out: seen.setdefault("out", out))
+        try:
+            yield seen
+        finally:
+            hook.remove()
+
+    def _naming_loss(self, states, ids, names, matches) -> torch.Tensor:
+        """Summed cross-entropy of the LLM head's words at each matched image token's position
+        against the words of its object's name, each word an equal share ("red circle": half
+        "red", half "circle"). ``states`` (b, T, H) one layer's output over the rows' sequences
+        (prefix first), ``ids`` (b, L) their prefix token ids, per row the objects' ``names``
+        and the tokenizer's (tokens, objects) match, either None where there are none."""
+        vocab = self.llm.vocab
+        picked, wanted = [], []
+        for row, (row_names, match) in enumerate(zip(names, matches)):
+            if not row_names or match is None or len(match[0]) == 0:
+                continue
+            at = (ids[row] == vocab.image).nonzero()[:, 0]  # the M image-token positions, in order
+            tokens, objects = match
+            picked.append(states[row, at[tokens.to(at.device)]])
+            wanted += [row_names[j] for j in objects.tolist()]
+        if not picked:
+            return states.new_zeros(()).float()
+        unique = sorted(set(wanted))
+        enc = self.llm.tokenizer([" " + n for n in unique], add_special_tokens=False)["input_ids"]
+        if self.named_copy is not None:
+            self.named_copy.note_names(w for word_ids in enc for w in word_ids)
+        target = torch.zeros(len(unique), vocab.image, device=states.device)
+        for r, word_ids in enumerate(enc):
+            for w in word_ids:
+                target[r, w] += 1.0 / len(word_ids)
+        target = target[[unique.index(n) for n in wanted]]
+        return -(target * self._head_words(torch.cat(picked)).log_softmax(-1)).sum()
+
+    def _head_words(self, states: torch.Tensor) -> torch.Tensor:
+        """(..., V) what the LLM's final norm and head say of ``states`` (..., H) taken at some
+        layer, over the text words (the ids below the added tokens)."""
+        return self.llm.logits(self.llm.decoder.norm(states),
+                               torch.arange(self.llm.vocab.image, device=states.device))
+
+    def _word_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` tokenized after a space, as names are."""
+        return self.llm.tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+
+    def _copy_tables(self, states: torch.Tensor, ids_row: torch.Tensor, tokens: torch.Tensor,
+                     objectness: torch.Tensor | None, questions: list[str],
+                     where: torch.Tensor | None = None) -> dict:
+        """{question: ((2, V) log c, (H,) read)} of the copy over one image's tokens: ``states``
+        (T, H) the named layer's output over the sequence, ``ids_row`` its prefix token ids,
+        ``tokens`` (M, H) the image tokens, ``objectness`` (M,) the tokenizer's logits, ``where``
+        (M, 2) the tokens' locations."""
+        at = (ids_row == self.llm.vocab.image).nonzero()[:, 0]
+        named = self._head_words(states[at]).log_softmax(-1)  # (M, V)
+        return {q: self.named_copy.lookup(named, self._word_ids(q), tokens, objectness, where)
+                for q in dict.fromkeys(questions)}
+
+    def _copy_logp(self, hidden: torch.Tensor, tables: list) -> torch.Tensor:
+        """(P, V_all) next-word log-probabilities at P answer positions, ``hidden`` (P, H), each
+        with its question's copy table (log c, read)."""
+        log_c = torch.stack([c for c, _ in tables])
+        hidden = hidden + torch.stack([r for _, r in tables]).to(hidden.dtype)
+        return self.named_copy.mix(hidden, self.llm.logits(hidden), log_c)
