@@ -102,11 +102,12 @@ def test_the_pointer_reads_the_token_it_points_at_and_how_well_it_fits():
     assert one[0] > none[0] + 5  # the best fit: a circle is there, or not
     assert two[1] > one[1] + 0.5  # about log 2 more: two circles
     # with model.copy_where, also where the pointed-at token is: left of centre, or right
-    where = _built(where=True)
-    where.read_where.weight.data[:] = torch.eye(16)[:, :2]
+    where = _built(where_feats=4)
+    where.read_where.weight.data.zero_()
+    where.read_where.weight.data[0, 0] = 1.0  # the lowest sine feature of x: sin(2 pi x)
     places = torch.tensor([[0.1, 0.5], [0.9, 0.5]])
-    assert where.lookup(named, [CIRCLE], tokens, None, places)[1][0] < -0.3
-    assert where.lookup(named, [STAR], tokens, None, places)[1][0] > 0.3
+    assert where.lookup(named, [CIRCLE], tokens, None, places)[1][0] > 0.3
+    assert where.lookup(named, [STAR], tokens, None, places)[1][0] < -0.3
 
 
 def test_the_product_is_a_distribution_that_starts_as_the_llm_and_grows_where_the_copy_is_right():

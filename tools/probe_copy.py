@@ -16,6 +16,8 @@ token that fits the question best is picked in three ways:
 
 A pick is right when the head's top colour word (top shape word) at the picked token is the
 answer. ``some_token`` is the share of questions where any token names the answer at all.
+For "left or right?" and "top or bottom?" questions, ``position/pointed_on_answer_side`` is
+the share where the token the copy's pointer picks lies on the answer's side of the canvas.
 For a model built with ``model.named_copy``, also the copy's mean mass on the answer's first
 token and its mean strength beta at the first answer position, per question type.
 Needs a checkpoint trained with token naming (``model.token_names`` > 0).
@@ -29,6 +31,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+
+# position answers: (axis of l_i, whether the answer means below one half on it)
+SIDES = {"left": (0, True), "right": (0, False), "top": (1, True), "bottom": (1, False)}
 
 
 def _kind(question: str) -> str:
@@ -72,7 +77,7 @@ def probe(model, cfg, conversations: int, data_root: str | None = None) -> dict:
         chunk = samples[k : k + 16]
         batch = collate(chunk)
         with torch.no_grad():
-            toks, _, v = model._image_tokens(batch)
+            toks, anchors, v = model._image_tokens(batch)
             prefix, valid, ids = splice_image_tokens(model.llm, batch["instructions"], v)
             bos = model.llm.embed(torch.tensor([model.llm.vocab.bos]))
             for b, s in enumerate(chunk):
@@ -96,6 +101,13 @@ def probe(model, cfg, conversations: int, data_root: str | None = None) -> dict:
                     for how, fit in fits.items():
                         hits[kind, how].append(top[int(fit.argmax())] == s["meta"]["answer"])
                     hits[kind, "some_token"].append(s["meta"]["answer"] in top)
+                side = SIDES.get(s["meta"]["answer"])
+                if kind == "position" and side and qn:
+                    # is the pointed-at token (the copy's own pointer) on the answer's side?
+                    fit = named[:, qn].mean(-1) + torch.nn.functional.logsigmoid(toks.layer_logits[-1, b])
+                    axis, below = side
+                    where = float(anchors[b, int(fit.argmax()), axis])
+                    hits[kind, "pointed_on_answer_side"].append((where < 0.5) == below)
                 copy = model.named_copy
                 if copy is not None:
                     q_obj = model._questions([batch["instructions"][b]]) if model.text_readout is not None else None
@@ -108,7 +120,8 @@ def probe(model, cfg, conversations: int, data_root: str | None = None) -> dict:
                     hits[kind, "copy_mass_on_answer"].append(float(c[0, answer]) if answer < c.shape[-1] else 0.0)
                     hits[kind, "copy_strength"].append(float(copy.strength(h)))
     return {f"{kind}/{how}": round(sum(map(float, v)) / len(v), 3) for (kind, how), v in sorted(hits.items())} | {
-        f"{kind}/questions": len(v) for (kind, how), v in sorted(hits.items()) if how in ("some_token", "copy_strength")}
+        f"{kind}/questions": len(v) for (kind, how), v in sorted(hits.items())
+        if how in ("some_token", "copy_strength", "pointed_on_answer_side")}
 
 
 def main() -> None:

@@ -38,8 +38,9 @@ star?", "how many stars?"). Before the head, each answer position gets
     h'_t = h_t + W_v sum_i alpha_i rms(v_i) + W_s [max_i m_i, logsumexp_i m_i]
 
 with v_i the LLM's input token (its content and its location embedding) and m_i the
-unsharpened fit; with ``where`` (``model.copy_where``) also W_l sum_i alpha_i (l_i - 1/2),
-the pointed-at location itself. ``W_v``, ``W_s``, ``w`` and ``b`` start at zero: a model with the copy starts
+unsharpened fit; with ``where_feats`` (``model.copy_where``) also W_l sum_i alpha_i sine(l_i),
+the pointed-at location itself, in the DETR-style sine features the image tokens' location
+embedding starts from (the lowest, sin 2 pi x, is positive left of centre, negative right). ``W_v``, ``W_s``, ``w`` and ``b`` start at zero: a model with the copy starts
 exactly as one without it.
 """
 
@@ -50,16 +51,18 @@ import math
 import torch
 from torch import nn
 
+from visionllm.modeling.deformable import sine_embed
 from visionllm.modeling.readout import rms
 
 
 class NamedCopy(nn.Module):
     eps = 1e-6  # the floor of c: a word the copy does not offer is not ruled out
 
-    def __init__(self, hidden_size: int, bare_of: torch.Tensor, where: bool = False):
+    def __init__(self, hidden_size: int, bare_of: torch.Tensor, where_feats: int = 0):
         """``bare_of`` (V,): for each text word id, the id of the same word without its leading
-        space where the vocabulary has one (``bare_forms``), else the id itself; ``where``: the
-        read also takes the pointed-at location, W_l sum_i alpha_i (l_i - 1/2)."""
+        space where the vocabulary has one (``bare_forms``), else the id itself; ``where_feats``
+        > 0: the read also takes the pointed-at location, W_l sum_i alpha_i sine(l_i), with that
+        many sine features per axis (0: it does not)."""
         super().__init__()
         self.num_words = int(bare_of.numel())
         self.register_buffer("bare_of", bare_of.long().clone(), persistent=False)  # from the tokenizer
@@ -78,7 +81,8 @@ class NamedCopy(nn.Module):
         self.read_score = nn.Linear(2, hidden_size, bias=False)
         nn.init.zeros_(self.read_value.weight)
         nn.init.zeros_(self.read_score.weight)
-        self.read_where = nn.Linear(2, hidden_size, bias=False) if where else None
+        self.where_feats = int(where_feats)
+        self.read_where = nn.Linear(2 * self.where_feats, hidden_size, bias=False) if self.where_feats else None
         if self.read_where is not None:
             nn.init.zeros_(self.read_where.weight)
 
@@ -115,7 +119,7 @@ class NamedCopy(nn.Module):
         read = self.read_value(log_alpha.exp() @ rms(tokens.float()))
         read = read + self.read_score(torch.stack([fit.max(), torch.logsumexp(fit, 0)]))
         if self.read_where is not None and where is not None:
-            read = read + self.read_where(log_alpha.exp() @ (where.float() - 0.5))
+            read = read + self.read_where(log_alpha.exp() @ sine_embed(where.float(), self.where_feats))
         return log_c, read
 
     def mix(self, hidden: torch.Tensor, logits: torch.Tensor, copy_logp: torch.Tensor) -> torch.Tensor:

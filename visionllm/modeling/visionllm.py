@@ -93,7 +93,8 @@ class VisionLLM(TokenNaming, nn.Module):
                              "model.token_names > 0 (token naming), which is off")
         if copy_where and not named_copy:
             raise ValueError("model.copy_where adds to the named copy's read: it needs model.named_copy=true")
-        self.named_copy = NamedCopy(H, bare_forms(llm.tokenizer, llm.vocab.image), where=copy_where) if named_copy else None
+        self.named_copy = NamedCopy(H, bare_forms(llm.tokenizer, llm.vocab.image),
+                                    where_feats=d // 2 if copy_where else 0) if named_copy else None
         self.none_weight = none_weight
         if group_matching not in ("tokenizer", "hungarian"):
             raise ValueError(f"group_matching must be 'tokenizer' or 'hungarian', not {group_matching!r}")
