@@ -14,8 +14,9 @@ token that fits the question best is picked in three ways:
 - ``name_words+objectness``: that plus the image tokenizer's log-objectness (the copy's own
   pointer, with its weights at their starting values).
 
-A pick is right when the head's top colour word (top shape word) at the picked token is the
-answer. ``some_token`` is the share of questions where any token names the answer at all.
+Only questions that name an object (hold a name word) are scored for the pointer;
+``KIND/questions`` counts a kind's questions and ``KIND/names_an_object`` is the share that do. A pick is right when
+the head's top colour word (top shape word) at the picked token is the answer. ``some_token`` is the share of questions where any token names the answer at all.
 For "left or right?" and "top or bottom?" questions, ``position/pointed_on_answer_side`` is
 the share where the token the copy's pointer picks lies on the answer's side of the canvas.
 For a model built with ``model.named_copy``, also the copy's mean mass on the answer's first
@@ -73,6 +74,7 @@ def probe(model, cfg, conversations: int, data_root: str | None = None) -> dict:
     reader = LlavaInstruct(json_file=vqa_file, image_root=image_root)
     samples = [s for i in range(min(conversations, len(reader))) for s in vqa.eval_samples(reader[i], image_size=cfg.data.image_size)]
     hits: dict = defaultdict(list)
+    counts: dict = defaultdict(int)  # questions per kind
     for k in range(0, len(samples), 16):
         chunk = samples[k : k + 16]
         batch = collate(chunk)
@@ -92,21 +94,24 @@ def probe(model, cfg, conversations: int, data_root: str | None = None) -> dict:
                 asked = question_line(batch["instructions"][b])
                 q = model._word_ids(asked)
                 qn = [w for w in q if w in name_words]
-                if kind in word_ids and qn:
-                    words, wid = word_ids[kind]
-                    obj = torch.nn.functional.logsigmoid(toks.layer_logits[-1, b])
+                counts[kind] += 1
+                hits[kind, "names_an_object"].append(bool(qn))
+                fits = {}
+                if qn:  # the copy's own pointer is the last: name words plus objectness
                     fits = {"all_words": named[:, q].mean(-1), "name_words": named[:, qn].mean(-1)}
-                    fits["name_words+objectness"] = fits["name_words"] + obj
+                    fits["name_words+objectness"] = fits["name_words"] + torch.nn.functional.logsigmoid(
+                        toks.layer_logits[-1, b])
+                if kind in word_ids and fits:
+                    words, wid = word_ids[kind]
                     top = [words[int(i)] for i in named[:, wid].argmax(-1)]  # each token's word
                     for how, fit in fits.items():
                         hits[kind, how].append(top[int(fit.argmax())] == s["meta"]["answer"])
                     hits[kind, "some_token"].append(s["meta"]["answer"] in top)
                 side = SIDES.get(s["meta"]["answer"])
-                if kind == "position" and side and qn:
+                if kind == "position" and side and fits:
                     # is the pointed-at token (the copy's own pointer) on the answer's side?
-                    fit = named[:, qn].mean(-1) + torch.nn.functional.logsigmoid(toks.layer_logits[-1, b])
                     axis, below = side
-                    where = float(anchors[b, int(fit.argmax()), axis])
+                    where = float(anchors[b, int(fits["name_words+objectness"].argmax()), axis])
                     hits[kind, "pointed_on_answer_side"].append((where < 0.5) == below)
                 copy = model.named_copy
                 if copy is not None:
@@ -120,8 +125,7 @@ def probe(model, cfg, conversations: int, data_root: str | None = None) -> dict:
                     hits[kind, "copy_mass_on_answer"].append(float(c[0, answer]) if answer < c.shape[-1] else 0.0)
                     hits[kind, "copy_strength"].append(float(copy.strength(h)))
     return {f"{kind}/{how}": round(sum(map(float, v)) / len(v), 3) for (kind, how), v in sorted(hits.items())} | {
-        f"{kind}/questions": len(v) for (kind, how), v in sorted(hits.items())
-        if how in ("some_token", "copy_strength", "pointed_on_answer_side")}
+        f"{kind}/questions": n for kind, n in sorted(counts.items())}
 
 
 def main() -> None:

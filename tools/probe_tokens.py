@@ -104,7 +104,7 @@ def collect(model, cfg, images: int, instruction: str):
 
 
 def _first_word_ids(model, words: list[str]) -> list[int]:
-    return [model.llm.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in words]
+    return [model._word_ids(w)[0] for w in words]
 
 
 def _named_logits(model, batch, v, words: list[str]) -> np.ndarray:
@@ -116,9 +116,8 @@ def _named_logits(model, batch, v, words: list[str]) -> np.ndarray:
     prefix, valid, ids = splice_image_tokens(model.llm, batch["instructions"], v)
     with model._layer_output() as seen:
         model.llm.decoder(inputs_embeds=prefix, attention_mask=valid.long(), use_cache=False)
-    states = model.llm.decoder.norm(seen.get("out", prefix))
     rows = torch.tensor(_first_word_ids(model, words), device=v.device)
-    logits = model.llm.logits(states, rows)
+    logits = model._head_words(seen.get("out", prefix))[..., rows]
     at = torch.stack([(r == model.llm.vocab.image).nonzero()[:, 0] for r in ids])  # (B, M)
     return logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1])).numpy()
 
