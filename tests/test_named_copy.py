@@ -9,7 +9,7 @@ from hydra.errors import InstantiationException
 
 from tests.helpers import text_with_and_without, tiny_model_and_sets
 from visionllm.data.transforms import collate
-from visionllm.modeling.named_copy import NamedCopy, bare_forms
+from visionllm.modeling.named_copy import NamedCopy, bare_forms, count_distribution, singular_forms
 from visionllm.modeling.visionllm import question_line
 
 RED, BLUE, CIRCLE, STAR, WHAT = range(5)
@@ -139,7 +139,8 @@ def _vqa_sample(ds):
     raise AssertionError("no first-turn VQA sample")
 
 
-@pytest.mark.parametrize("extra", [[], ["model.text_readout=true", "model.token_names_layer=0", "model.copy_where=true"]])
+@pytest.mark.parametrize("extra", [[], ["model.text_readout=true", "model.token_names_layer=0", "model.copy_where=true"],
+                                   ["model.copy_count=true", "model.token_sides=true"]])
 def test_in_the_model_closed_it_changes_nothing_open_it_answers_from_the_tokens(shapes_root, tmp_path, extra):
     """As built (strength 0) the model scores and writes text as the one without the copy;
     strong, the first word written is the copy's best; training reaches the strength, the word
@@ -164,7 +165,7 @@ def test_in_the_model_closed_it_changes_nothing_open_it_answers_from_the_tokens(
             model.llm.decoder(inputs_embeds=prefix, use_cache=False)
         asked = question_line(single["instructions"][0])
         table = model._copy_tables(seen.get("out", prefix)[0], ids[0], v[0], toks.layer_logits[-1, 0],
-                                   [asked])[asked][0]  # (2, V)
+                                   [asked])[asked][0]  # (2 or 3, V)
         # the form gate starts at 1/2: half the copy on in-sentence forms, half on bare ones
         mixed = torch.logaddexp(table[0], table[1]) - math.log(2)
         written = model.predict(single, max_new_tokens=1)[0]["text"]
@@ -178,6 +179,12 @@ def test_in_the_model_closed_it_changes_nothing_open_it_answers_from_the_tokens(
     assert copy.sharpness.grad is not None
     assert copy.read_value.weight.grad.abs().sum() > 0 and copy.read_score.weight.grad.abs().sum() > 0
     assert copy.read_where is None or copy.read_where.weight.grad.abs().sum() > 0
+    if copy.count_ids is not None:
+        copy.count_strength.bias.data.fill_(0.5)
+        model.zero_grad()
+        model(batch)["loss"].backward()
+        assert copy.count_strength.bias.grad.abs() > 0 and copy.count_fit.grad.abs() > 0
+        assert copy.count_objectness.grad.abs() > 0 and copy.count_bias.grad.abs() > 0
     assert model.token_proj.weight.grad.abs().sum() > 0
     assert all(not layer._forward_hooks for layer in model.llm.decoder.layers)
     assert copy.objectness_weight.grad.abs() > 0
@@ -197,6 +204,49 @@ def test_it_needs_token_naming(shapes_root, tmp_path):
         tiny_model_and_sets(shapes_root, tmp_path, ["model.named_copy=true"])
     with pytest.raises(InstantiationException, match="needs model.named_copy=true"):
         tiny_model_and_sets(shapes_root, tmp_path, ["model.token_names=1.0", "model.copy_where=true"])
+    with pytest.raises(InstantiationException, match="copy_count .* needs model.named_copy=true"):
+        tiny_model_and_sets(shapes_root, tmp_path, ["model.token_names=1.0", "model.copy_count=true"])
+
+
+def test_the_count_is_a_poisson_binomial_over_the_tokens():
+    """P(n = k) for independent tokens, exact where it can be checked by hand; it keeps finite
+    gradients where a token is surely in or out; the mass past the largest number is dropped."""
+    half = count_distribution(torch.zeros(2), 4).exp()
+    torch.testing.assert_close(half, torch.tensor([0.25, 0.5, 0.25, 0.0]))
+    logit = torch.tensor([30.0, 30.0, -30.0, 0.0], requires_grad=True)
+    sure = count_distribution(logit, 5).exp()
+    torch.testing.assert_close(sure, torch.tensor([0.0, 0.0, 0.5, 0.5, 0.0]))
+    sure[3].backward()
+    assert torch.isfinite(logit.grad).all() and logit.grad[3] > 0
+    torch.testing.assert_close(count_distribution(torch.full((6,), 30.0), 3).exp(), torch.zeros(3))
+
+
+def test_the_count_offers_how_many_tokens_are_what_the_question_names():
+    """With the count, the copy's third row says at each number word (both forms) how likely
+    that many tokens are what the question names; it is 0 at every other word; its strength
+    starts at 0, so the model starts as without it, and the answer's loss opens it."""
+    torch.manual_seed(0)
+    V = 16
+    numbers = torch.tensor([[8, 12], [9, 13], [10, 14], [11, -1]])  # 3 has no in-sentence form
+    copy = NamedCopy(hidden_size=16, bare_of=torch.arange(V), count_ids=numbers)
+    copy.note_names([RED, BLUE, CIRCLE, STAR])
+    named = _named([RED, CIRCLE], [BLUE, CIRCLE], [RED, STAR], V=V, strength=8.0)
+    objectness = torch.tensor([4.0, 4.0, 4.0])
+    table, _ = copy.lookup(named, [WHAT, CIRCLE], torch.randn(3, 16), objectness)
+    assert table.shape == (3, V)
+    count = table[2]
+    assert int(count[8:12].argmax()) == 2  # two circles
+    torch.testing.assert_close(count[8:11], count[12:15])
+    assert (count[:8] == 0).all() and count[15] == 0
+    stars = copy.lookup(named, [STAR], torch.randn(3, 16), objectness)[0][2]
+    assert int(stars[8:12].argmax()) == 1
+    everything = copy.lookup(named, [WHAT], torch.randn(3, 16), objectness)[0][2]  # names nothing
+    assert int(everything[8:12].argmax()) == 3
+    hidden, logits = torch.randn(2, 16), torch.randn(2, V + 2)
+    mixed = copy.mix(hidden, logits, table.expand(2, -1, -1))
+    torch.testing.assert_close(mixed, logits.log_softmax(-1))
+    torch.nn.functional.nll_loss(mixed, torch.tensor([10, 10])).backward()  # "2"
+    assert copy.count_strength.bias.grad < 0
 
 
 def test_the_probe_scores_the_pointer_and_the_copy(shapes_root, tmp_path):
@@ -210,7 +260,8 @@ def test_the_probe_scores_the_pointer_and_the_copy(shapes_root, tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     from probe_copy import probe
 
-    model, _ = tiny_model_and_sets(shapes_root, tmp_path, ["model.token_names=1.0", "model.named_copy=true"])
+    model, _ = tiny_model_and_sets(shapes_root, tmp_path, ["model.token_names=1.0", "model.named_copy=true",
+                                                           "model.copy_count=true"])
     model.eval()
     cfg = OmegaConf.create({"data": {"image_size": 64}})
     result = probe(model, cfg, conversations=6, data_root=str(shapes_root))
@@ -218,8 +269,57 @@ def test_the_probe_scores_the_pointer_and_the_copy(shapes_root, tmp_path):
     assert {"color", "count"} <= kinds
     for key, value in result.items():
         how = key.split("/")[1]
-        if how == "copy_strength":
+        if how in ("copy_strength", "count_strength"):
             assert value == 0.0
         elif how != "questions":
             assert 0.0 <= value <= 1.0, key
-    assert result["color/questions"] > 0
+    assert result["color/questions"] > 0 and "count/count_right" in result
+
+
+class _WordTokenizer:
+    """A word-level tokenizer over a fixed list, enough for the tables built from a vocabulary."""
+
+    def __init__(self, words):
+        self.words = list(words)
+
+    def decode(self, ids):
+        return "".join(self.words[i] for i in ids)
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [self.words.index(text)] if text in self.words else [0, 0]}
+
+
+def test_plurals_name_what_their_singular_names():
+    """"How many stars?" counts the stars: a plural maps to its singular where that is one word
+    of the vocabulary, and through it to a name word; other words keep their own ids."""
+    words = ["?", " star", " stars", " box", " boxes", " is", " glass", "ellipses", "ellipse", " red", " reds"]
+    tok = _WordTokenizer(words)
+    singular = singular_forms(tok, len(words))
+    named = {words[i]: words[int(singular[i])] for i in range(len(words))}
+    assert named[" stars"] == " star" and named[" boxes"] == " box" and named["ellipses"] == "ellipse"
+    assert named[" is"] == " is" and named[" glass"] == " glass" and named[" star"] == " star"
+    copy = NamedCopy(hidden_size=16, bare_of=torch.arange(len(words)), singular_of=singular)
+    copy.note_names([1, 9])  # " star", " red"
+    head = _named([9, 1], [9, 3], [9, 1], V=len(words), strength=8.0)
+    objectness = torch.full((3,), 4.0)
+    plural = copy.lookup(head, [2], torch.randn(3, 16), objectness)[0][0].exp()
+    singular_asked = copy.lookup(head, [1], torch.randn(3, 16), objectness)[0][0].exp()
+    torch.testing.assert_close(plural, singular_asked)
+
+
+@pytest.mark.parametrize("extra", [[], ["model.token_names=1.0", "model.named_copy=true"]])
+def test_text_may_be_sampled(shapes_root, tmp_path, extra):
+    """With a temperature each word is drawn: the same generator seed writes the same text, a
+    temperature near zero writes the greedy text, and a negative one is a clear error."""
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path, extra)
+    model.eval()
+    batch = collate([ds.sets["caption"][0]])
+
+    def write(**kw):
+        return model.predict(batch, max_new_tokens=6, **kw)[0]["text"]
+
+    drawn = [write(temperature=1.0, generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    assert drawn[0] == drawn[1]
+    assert write(temperature=1e-4, generator=torch.Generator().manual_seed(3)) == write()
+    with pytest.raises(ValueError, match="temperature"):
+        write(temperature=-1.0)

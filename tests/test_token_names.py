@@ -103,3 +103,38 @@ def test_the_probe_reads_what_the_loss_trains(shapes_root, tmp_path):
         full = model.llm.logits(model.llm.decoder.norm(seen["out"][1, at[3]]), torch.arange(model.llm.vocab.image))
     assert named.shape == (2, model.num_queries, 4)
     torch.testing.assert_close(torch.as_tensor(named[1, 3]), full[words])
+
+
+def test_side_words_follow_the_image_not_the_canvas():
+    """An object's side is the half of the image (not of the padded canvas) its centre is in,
+    as the built-in position questions say it."""
+    from visionllm.modeling.naming import image_extent, side_words
+
+    mask = torch.ones(2, 8, 8, dtype=torch.bool)
+    mask[0, :4, :] = False  # a wide image: the top half of the canvas
+    mask[1, :, :2] = False  # a tall one: the left quarter
+    extent = image_extent(mask)
+    torch.testing.assert_close(extent, torch.tensor([[1.0, 0.5], [0.25, 1.0]]))
+    centers = torch.tensor([[0.2, 0.3], [0.6, 0.1]])
+    assert side_words(centers, extent[0]) == ["left bottom", "right top"]
+    assert side_words(centers, extent[1]) == ["right top", "right top"]
+    assert side_words(None, extent[0]) is None
+
+
+def test_token_sides_are_said_but_never_looked_for(shapes_root, tmp_path):
+    """With model.token_sides the naming target holds the side words too (the loss changes),
+    but the copy's pointer does not count them as name words; it needs token naming."""
+    over = ["model.token_names=1.0", "model.named_copy=true"]
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path, [*over, "model.token_sides=true"])
+    plain, _ = tiny_model_and_sets(shapes_root, tmp_path / "plain", over)
+    plain.load_state_dict(model.state_dict())
+    batch = collate([ds.sets["detection"][0], ds.sets["grounding"][1]])
+    with torch.no_grad():
+        sided, named = float(model(batch)["loss_names"]), float(plain(batch)["loss_names"])
+    assert sided > named > 0  # two more words to say, none of which the random head favours
+    noted = model.named_copy.name_words
+    name = ds.sets["detection"][0]["target"]["names"][0]
+    assert noted[model._word_ids(name)].all()
+    assert torch.equal(noted, plain.named_copy.name_words)  # the same name words, side words or not
+    with pytest.raises(InstantiationException, match="token_sides .* needs model.token_names > 0"):
+        tiny_model_and_sets(shapes_root, tmp_path / "bad", ["model.token_sides=true"])

@@ -20,7 +20,9 @@ the head's top colour word (top shape word) at the picked token is the answer. `
 For "left or right?" and "top or bottom?" questions, ``position/pointed_on_answer_side`` is
 the share where the token the copy's pointer picks lies on the answer's side of the canvas.
 For a model built with ``model.named_copy``, also the copy's mean mass on the answer's first
-token and its mean strength beta at the first answer position, per question type.
+token and its mean strength beta at the first answer position, per question type; with the
+count (``model.copy_count``), ``count/count_right``, the share of count questions whose most
+likely number under the count is the answer, and its strength ``count/count_strength``.
 Needs a checkpoint trained with token naming (``model.token_names`` > 0).
 """
 
@@ -124,6 +126,11 @@ def probe(model, cfg, conversations: int, data_root: str | None = None) -> dict:
                     answer = tok(s["meta"]["answer"], add_special_tokens=False)["input_ids"][0]
                     hits[kind, "copy_mass_on_answer"].append(float(c[0, answer]) if answer < c.shape[-1] else 0.0)
                     hits[kind, "copy_strength"].append(float(copy.strength(h)))
+                    if copy.count_ids is not None and kind == "count":
+                        bare = copy.count_ids[:, 0]
+                        said = log_c[2][bare.clamp_min(0)].masked_fill(bare < 0, float("-inf"))
+                        hits[kind, "count_right"].append(str(int(said.argmax())) == s["meta"]["answer"])
+                        hits[kind, "count_strength"].append(float(copy.count_strength(h)))
     return {f"{kind}/{how}": round(sum(map(float, v)) / len(v), 3) for (kind, how), v in sorted(hits.items())} | {
         f"{kind}/questions": n for kind, n in sorted(counts.items())}
 

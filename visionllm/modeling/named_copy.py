@@ -58,14 +58,21 @@ from visionllm.modeling.readout import rms
 class NamedCopy(nn.Module):
     eps = 1e-6  # the floor of c: a word the copy does not offer is not ruled out
 
-    def __init__(self, hidden_size: int, bare_of: torch.Tensor, where_feats: int = 0):
+    def __init__(self, hidden_size: int, bare_of: torch.Tensor, where_feats: int = 0,
+                 count_ids: torch.Tensor | None = None, singular_of: torch.Tensor | None = None):
         """``bare_of`` (V,): for each text word id, the id of the same word without its leading
         space where the vocabulary has one (``bare_forms``), else the id itself; ``where_feats``
         > 0: the read also takes the pointed-at location, W_l sum_i alpha_i sine(l_i), with that
-        many sine features per axis (0: it does not)."""
+        many sine features per axis (0: it does not); ``count_ids`` (K + 1, F): the word ids that
+        say the numbers 0 to K, in each of F forms (-1: none; ``count_forms``), for the count
+        (None: no count); ``singular_of`` (V,): each word's singular where it is a plural of one
+        token (``singular_forms``; " stars" -> " star"), so "how many stars?" names the stars
+        (None: every word as it is)."""
         super().__init__()
         self.num_words = int(bare_of.numel())
         self.register_buffer("bare_of", bare_of.long().clone(), persistent=False)  # from the tokenizer
+        singular_of = torch.arange(self.num_words) if singular_of is None else singular_of.long().clone()
+        self.register_buffer("singular_of", singular_of, persistent=False)
         self.form = nn.Linear(hidden_size, 1)
         nn.init.zeros_(self.form.weight)
         nn.init.zeros_(self.form.bias)
@@ -85,6 +92,19 @@ class NamedCopy(nn.Module):
         self.read_where = nn.Linear(2 * self.where_feats, hidden_size, bias=False) if self.where_feats else None
         if self.read_where is not None:
             nn.init.zeros_(self.read_where.weight)
+        if count_ids is None:
+            self.count_ids = None
+        else:
+            count_ids = count_ids.long().clone()
+            count_ids[count_ids >= self.num_words] = -1  # an added token is never a number word
+            self.register_buffer("count_ids", count_ids, persistent=False)
+            # q_i = sigmoid(a m_i + k' o_i + b): token i is one of the objects asked about
+            self.count_fit = nn.Parameter(torch.tensor(1.0))
+            self.count_objectness = nn.Parameter(torch.tensor(1.0))
+            self.count_bias = nn.Parameter(torch.tensor(0.0))
+            self.count_strength = nn.Linear(hidden_size, 1)
+            nn.init.zeros_(self.count_strength.weight)
+            nn.init.zeros_(self.count_strength.bias)
 
     @torch.no_grad()
     def note_names(self, word_ids) -> None:
@@ -94,9 +114,10 @@ class NamedCopy(nn.Module):
 
     def lookup(self, named_logp: torch.Tensor, question_ids: list[int], tokens: torch.Tensor,
                objectness: torch.Tensor | None = None, where: torch.Tensor | None = None):
-        """For one question (its word token ids) over one image's M tokens: ``(log c (2, V),
-        read (H,))``, the copy's word distribution (in-sentence forms, bare forms) and what is
-        added to each answer state before the head. ``named_logp`` (M, V) the head's
+        """For one question (its word token ids) over one image's M tokens: ``(log c (R, V),
+        read (H,))``, the copy's word distribution (in-sentence forms, bare forms; with the count,
+        a third row: log P(n = k) at the words of each number k, 0 elsewhere) and what is added
+        to each answer state before the head. ``named_logp`` (M, V) the head's
         log-probabilities at each token, ``tokens`` (M, H) the LLM's input tokens,
         ``objectness`` (M,) the tokenizer's logits, or None, ``where`` (M, 2) the tokens'
         locations l_i on the canvas (0 to 1), or None."""
@@ -105,17 +126,31 @@ class NamedCopy(nn.Module):
                              f"{self.num_words}")
         at = torch.tensor([w for w in question_ids if 0 <= w < self.num_words], dtype=torch.long,
                           device=named_logp.device)
+        at = self.singular_of[at]
         at = at[self.name_words[at]]
         if len(at):
             fit = (named_logp[:, at] * self.word_gain[at]).sum(-1) / len(at)
         else:  # a question that names nothing ("how many shapes?"): every token alike
             fit = named_logp.new_zeros(named_logp.shape[0])
+        # for the count, how fully each token says the question's name words: 0 where they are
+        # among its most likely words, whatever share of its name they are
+        said = (named_logp[:, at] - named_logp.max(-1, keepdim=True).values).mean(-1) if len(at) else fit
         if objectness is not None:
             fit = fit + self.objectness_weight * nn.functional.logsigmoid(objectness.float())
         log_alpha = (fit * self.sharpness).log_softmax(0)  # (M,)
         log_c = torch.logsumexp(log_alpha[:, None] + named_logp, 0)
         bare = log_c.new_zeros(self.num_words).index_add(0, self.bare_of, log_c.exp())
-        log_c = torch.stack([log_c, bare.clamp_min(1e-30).log()])
+        rows = [log_c, bare.clamp_min(1e-30).log()]
+        if self.count_ids is not None:
+            logit_q = self.count_fit * said + self.count_bias
+            if objectness is not None:
+                logit_q = logit_q + self.count_objectness * objectness.float()
+            log_n = count_distribution(logit_q, self.count_ids.shape[0])
+            ids = self.count_ids.flatten()
+            said = ids >= 0
+            rows.append(log_c.new_zeros(self.num_words).index_put(
+                (ids[said],), log_n.repeat_interleave(self.count_ids.shape[1])[said]))
+        log_c = torch.stack(rows)
         read = self.read_value(log_alpha.exp() @ rms(tokens.float()))
         read = read + self.read_score(torch.stack([fit.max(), torch.logsumexp(fit, 0)]))
         if self.read_where is not None and where is not None:
@@ -126,7 +161,8 @@ class NamedCopy(nn.Module):
         """(P, V_all) next-word log-probabilities at P answer positions: ``hidden`` (P, H) their
         states, ``logits`` (P, V_all) the LLM's, ``copy_logp`` (P, 2, V) each position's copy
         over the text words (the first V ids; the added tokens are not offered), in-sentence and
-        bare forms."""
+        bare forms, and with the count its row: p_t(y) is then also multiplied by P(n = y)^gamma_t
+        at number words, gamma_t = w' . rms(h_t) + b' (0 at the start)."""
         h = rms(hidden.float())
         beta = self.strength(h)  # (P, 1)
         f = self.form(h)  # (P, 1) in-sentence form against bare form
@@ -136,7 +172,58 @@ class NamedCopy(nn.Module):
         extra = logits.shape[-1] - copy.shape[-1]
         if extra:
             copy = torch.cat([copy, copy.new_full((copy.shape[0], extra), math.log(self.eps))], -1)
-        return (logits.float() + beta * copy).log_softmax(-1)
+        out = logits.float() + beta * copy
+        if copy_logp.shape[1] > 2:  # the count: 0 at every word that is not a number
+            counted = copy_logp[:, 2]
+            if extra:
+                counted = torch.cat([counted, counted.new_zeros((counted.shape[0], extra))], -1)
+            out = out + self.count_strength(h) * counted
+        return out.log_softmax(-1)
+
+
+NO_MASS = -1e4  # log of "cannot be": finite, so the count's sums keep finite gradients
+
+
+def count_distribution(logit_q: torch.Tensor, size: int) -> torch.Tensor:
+    """(size,) log P(n = k), k < size, of the number n of tokens that are what a question counts,
+    each token i independently so with probability sigmoid(logit_q[i]) (a Poisson binomial;
+    the mass past size - 1 is dropped)."""
+    log_q, log_not = nn.functional.logsigmoid(logit_q), nn.functional.logsigmoid(-logit_q)
+    log_p = logit_q.new_full((size,), NO_MASS)
+    log_p[0] = 0.0
+    for i in range(logit_q.shape[0]):
+        moved = torch.cat([log_p.new_full((1,), NO_MASS), log_p[:-1]])
+        log_p = torch.logaddexp(log_p + log_not[i], moved + log_q[i])
+    return log_p
+
+
+def singular_forms(tokenizer, num_words: int) -> torch.Tensor:
+    """(num_words,) for each word id, the id of its singular where the word is an English plural
+    ("s" or "es" after a word of four letters or more) whose singular is one token below
+    ``num_words`` (" stars" -> " star", " boxes" -> " box"), else itself."""
+    ids = torch.arange(num_words)
+    for i in range(num_words):
+        text = tokenizer.decode([i])
+        if not text.endswith("s") or len(text.strip()) < 4 or not text.strip().isalpha():
+            continue
+        for cut in (1, 2) if text.endswith("es") else (1,):
+            enc = tokenizer(text[:-cut], add_special_tokens=False)["input_ids"]
+            if len(enc) == 1 and 0 <= enc[0] < num_words:
+                ids[i] = enc[0]
+                break
+    return ids
+
+
+def count_forms(tokenizer, largest: int = 9) -> torch.Tensor | None:
+    """(largest + 1, 2) the word ids of "0" to str(largest), bare and after a space, where each
+    is one token (-1 where not); None where no number is."""
+    ids = torch.full((largest + 1, 2), -1, dtype=torch.long)
+    for k in range(largest + 1):
+        for f, text in enumerate((str(k), " " + str(k))):
+            enc = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(enc) == 1:
+                ids[k, f] = enc[0]
+    return ids if (ids >= 0).any() else None
 
 
 def bare_forms(tokenizer, num_words: int) -> torch.Tensor:

@@ -12,6 +12,24 @@ from contextlib import contextmanager
 import torch
 
 
+def image_extent(pixel_mask: torch.Tensor) -> torch.Tensor:
+    """(B, 2) the image's width and height as shares of the square canvas, from the batch's
+    ``pixel_mask`` (B, S, S), True where the canvas is padding."""
+    inside = ~pixel_mask
+    return torch.stack([inside.any(1).float().mean(-1), inside.any(2).float().mean(-1)], -1)
+
+
+def side_words(centers: torch.Tensor | None, extent: torch.Tensor) -> list[str] | None:
+    """Per object, the halves of the image its centre lies in, as the built-in questions word
+    them ("left top"): ``centers`` (n, 2) canvas-normalized, ``extent`` (2,) the image's share
+    of the canvas."""
+    if centers is None:
+        return None
+    half = extent.to(centers.device) / 2
+    return [("left" if x < half[0] else "right") + " " + ("top" if y < half[1] else "bottom")
+            for x, y in centers.tolist()]
+
+
 class TokenNaming:
     @contextmanager
     def _layer_output(self):
@@ -28,12 +46,15 @@ class TokenNaming:
         finally:
             hook.remove()
 
-    def _naming_loss(self, states, ids, names, matches) -> torch.Tensor:
+    def _naming_loss(self, states, ids, names, matches, sides=None) -> torch.Tensor:
         """Summed cross-entropy of the LLM head's words at each matched image token's position
         against the words of its object's name, each word an equal share ("red circle": half
         "red", half "circle"). ``states`` (b, T, H) one layer's output over the rows' sequences
         (prefix first), ``ids`` (b, L) their prefix token ids, per row the objects' ``names``
-        and the tokenizer's (tokens, objects) match, either None where there are none."""
+        and the tokenizer's (tokens, objects) match, either None where there are none.
+        ``sides``, per row the objects' side words ("left top") or None: said as well, each word
+        an equal share with the name's, but not noted as name words, so a question's pointer
+        never looks for them (docs/design.md, "Token sides")."""
         vocab = self.llm.vocab
         picked, wanted = [], []
         for row, (row_names, match) in enumerate(zip(names, matches)):
@@ -42,17 +63,20 @@ class TokenNaming:
             at = (ids[row] == vocab.image).nonzero()[:, 0]  # the M image-token positions, in order
             tokens, objects = match
             picked.append(states[row, at[tokens.to(at.device)]])
-            wanted += [row_names[j] for j in objects.tolist()]
+            row_sides = sides[row] if sides is not None and sides[row] is not None else None
+            wanted += [(row_names[j], row_sides[j] if row_sides else "") for j in objects.tolist()]
         if not picked:
             return states.new_zeros(()).float()
         unique = sorted(set(wanted))
-        enc = self.llm.tokenizer([" " + n for n in unique], add_special_tokens=False)["input_ids"]
+        enc = self.llm.tokenizer([" " + n for n, _ in unique], add_special_tokens=False)["input_ids"]
         if self.named_copy is not None:
             self.named_copy.note_names(w for word_ids in enc for w in word_ids)
+        extra = [self.llm.tokenizer(" " + s, add_special_tokens=False)["input_ids"] if s else [] for _, s in unique]
         target = torch.zeros(len(unique), vocab.image, device=states.device)
         for r, word_ids in enumerate(enc):
-            for w in word_ids:
-                target[r, w] += 1.0 / len(word_ids)
+            words = word_ids + extra[r]
+            for w in words:
+                target[r, w] += 1.0 / len(words)
         target = target[[unique.index(n) for n in wanted]]
         return -(target * self._head_words(torch.cat(picked)).log_softmax(-1)).sum()
 

@@ -19,8 +19,8 @@ from visionllm.modeling.deformable import MLP, sine_embed
 from visionllm.modeling.image_tokenizer import ImageTokenizer
 from visionllm.modeling.llm import LLM
 from visionllm.modeling.losses import answer_loss, global_counts, tokenizer_loss
-from visionllm.modeling.named_copy import NamedCopy, bare_forms
-from visionllm.modeling.naming import TokenNaming
+from visionllm.modeling.named_copy import NamedCopy, bare_forms, count_forms, singular_forms
+from visionllm.modeling.naming import TokenNaming, image_extent, side_words
 from visionllm.modeling.readout import TextReadout
 from visionllm.modeling.readout import rms as _rms
 from visionllm.tasks.instructions import Request
@@ -61,6 +61,8 @@ class VisionLLM(TokenNaming, nn.Module):
         token_names_layer: int = 1,
         named_copy: bool = False,
         copy_where: bool = False,
+        token_sides: bool = False,
+        copy_count: bool = False,
     ):
         super().__init__()
         self.image_tokenizer = image_tokenizer
@@ -86,6 +88,10 @@ class VisionLLM(TokenNaming, nn.Module):
             raise ValueError(f"token_names_layer must be in 0..{num_layers} (0: the LLM's input, k: the output of "
                              f"its k-th layer), not {token_names_layer}")
         self.token_names, self.token_names_layer = float(token_names), int(token_names_layer)
+        if token_sides and self.token_names <= 0:
+            raise ValueError("model.token_sides adds the image side to what token naming teaches: it needs "
+                             "model.token_names > 0 (token naming), which is off")
+        self.token_sides = bool(token_sides)
         # [ours] text answers may copy a word from the image token their question names
         # (named_copy.py; docs/design.md, "Copy from named tokens"): it reads token naming's layer
         if named_copy and self.token_names <= 0:
@@ -93,8 +99,16 @@ class VisionLLM(TokenNaming, nn.Module):
                              "model.token_names > 0 (token naming), which is off")
         if copy_where and not named_copy:
             raise ValueError("model.copy_where adds to the named copy's read: it needs model.named_copy=true")
+        if copy_count and not named_copy:
+            raise ValueError("model.copy_count counts the tokens the named copy's question names: it needs "
+                             "model.named_copy=true")
+        count_ids = count_forms(llm.tokenizer) if copy_count else None
+        if copy_count and count_ids is None:
+            raise ValueError("model.copy_count: the tokenizer says none of the numbers 0 to 9 as one token")
         self.named_copy = NamedCopy(H, bare_forms(llm.tokenizer, llm.vocab.image),
-                                    where_feats=d // 2 if copy_where else 0) if named_copy else None
+                                    where_feats=d // 2 if copy_where else 0, count_ids=count_ids,
+                                    singular_of=singular_forms(llm.tokenizer, llm.vocab.image) if copy_count else None,
+                                    ) if named_copy else None
         self.none_weight = none_weight
         if group_matching not in ("tokenizer", "hungarian"):
             raise ValueError(f"group_matching must be 'tokenizer' or 'hungarian', not {group_matching!r}")
@@ -225,6 +239,7 @@ class VisionLLM(TokenNaming, nn.Module):
                 # group i answers for the object its image token was matched to [ours]
                 assignment = matched
         prefix, valid, ids = splice_image_tokens(self.llm, batch["instructions"], v)
+        extent = image_extent(batch["pixel_mask"]) if self.token_sides else None
         kinds = sorted(groups) + ([TEXT_PASS] if text_rows else [])
         sums: dict[str, torch.Tensor] = defaultdict(lambda: v.new_zeros(()))
         idle = v.new_zeros(())
@@ -236,7 +251,7 @@ class VisionLLM(TokenNaming, nn.Module):
                                                       anchors=anchors) / text_norm
             elif kind in groups:
                 self._structured_losses(sums, prefix, valid, ids, v, anchors, groups[kind], kind, requests, targets,
-                                        assignment, matched)
+                                        assignment, matched, extent)
             else:  # a pass another rank needs and this batch does not: it counts zero
                 idle = idle + self._idle_pass(prefix, valid, ids, v, kind)
         for k, val in sums.items():
@@ -260,15 +275,17 @@ class VisionLLM(TokenNaming, nn.Module):
         return losses
 
     def _structured_losses(self, sums, prefix, valid, ids, v, anchors, idx, n_pts, requests, targets, assignment,
-                           matched):
+                           matched, extent=None):
         """One LLM pass for the rows of ``idx`` (all asking for ``n_pts`` points); adds their
-        summed box/polygon/class losses (and token-naming loss) into ``sums``."""
+        summed box/polygon/class losses (and token-naming loss) into ``sums``. ``extent`` (B, 2)
+        the image's share of the canvas, where token naming also says each object's side."""
         with self._layer_output() as seen:
             cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, idx, n_pts, requests)
         if self.token_names > 0:
             states = seen.get("out", prefix[idx])  # layer 0: the LLM's input
             sums["loss_names"] = sums["loss_names"] + self.token_names * self._naming_loss(
-                states, ids[idx], [targets[b].get("names") for b in idx], [matched.get(b) for b in idx])
+                states, ids[idx], [targets[b].get("names") for b in idx], [matched.get(b) for b in idx],
+                None if extent is None else [side_words(targets[b]["centers"], extent[b]) for b in idx])
         for row, b in enumerate(idx):
             K = len(requests[b].classes)
             keep = torch.cat([torch.arange(K), torch.tensor([cls_logits.shape[-1] - 1])]).to(v.device)
@@ -369,10 +386,12 @@ class VisionLLM(TokenNaming, nn.Module):
         return torch.nn.functional.nll_loss(logp, labels, reduction="sum")
 
     @torch.no_grad()
-    def predict(self, batch: dict, *, max_new_tokens: int = 64) -> list[dict]:
+    def predict(self, batch: dict, *, max_new_tokens: int = 64, temperature: float = 0.0,
+                generator: torch.Generator | None = None) -> list[dict]:
         """Per sample: structured -> {"labels" (M,), "scores" (M,), "points" (M, N, 2) canvas-normalized,
         "objectness" (M,): the image tokenizer's own score of each token, which for a grounding
-        instruction is trained on the referred object alone}; text -> {"text": str}."""
+        instruction is trained on the referred object alone}; text -> {"text": str}, greedy, or
+        sampled at ``temperature`` > 0 (from ``generator``)."""
         requests = batch["requests"]
         toks, anchors, v = self._image_tokens(batch)
         prefix, valid, ids = splice_image_tokens(self.llm, batch["instructions"], v)
@@ -392,21 +411,26 @@ class VisionLLM(TokenNaming, nn.Module):
                 out[b] = {"text": self.generate_text(prefix[b : b + 1, :n], max_new_tokens,
                                                      image_tokens=(v[b : b + 1], toks.pixels[b : b + 1]),
                                                      instruction=batch["instructions"][b], ids=ids[b, :n],
-                                                     objectness=toks.layer_logits[-1, b], anchors=anchors[b])}
+                                                     objectness=toks.layer_logits[-1, b], anchors=anchors[b],
+                                                     temperature=temperature, generator=generator)}
         return out
 
     def generate_text(self, prefix: torch.Tensor, max_new_tokens: int, *, image_tokens: tuple | None = None,
                       instruction: str = "", ids: torch.Tensor | None = None,
-                      objectness: torch.Tensor | None = None, anchors: torch.Tensor | None = None) -> str:
+                      objectness: torch.Tensor | None = None, anchors: torch.Tensor | None = None,
+                      temperature: float = 0.0, generator: torch.Generator | None = None) -> str:
         """Token-by-token text with the KV cache, for captions and answers: ``generate`` itself,
         or with the text readout (``image_tokens`` = (v (1, M, H), pixels (1, M, C)) then
         required) or the copy (``ids``, the prefix's token ids, then required; ``objectness``
-        (M,) the tokenizer's logits, ``anchors`` (M, 2) the tokens' locations) a greedy loop of
-        our own over the same cache."""
+        (M,) the tokenizer's logits, ``anchors`` (M, 2) the tokens' locations) a loop of our own
+        over the same cache. Greedy, or with ``temperature`` > 0 each word is drawn from the
+        distribution at that temperature (from ``generator`` where given)."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be 0 (greedy) or more, not {temperature}")
         tok = self.llm.tokenizer
         bos = self.llm.embed(torch.tensor([[self.llm.vocab.bos]], device=prefix.device))
         embeds = torch.cat([prefix, bos], 1)
-        if self.text_readout is None and self.named_copy is None:
+        if self.text_readout is None and self.named_copy is None and temperature == 0:
             out_ids = self.llm.model.generate(
                 inputs_embeds=embeds,
                 attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=prefix.device),
@@ -433,7 +457,11 @@ class VisionLLM(TokenNaming, nn.Module):
         for _ in range(max_new_tokens):
             hidden = self._read(out.last_hidden_state[:, -1:], question, image_tokens)[0]  # (1, H)
             logits = self.llm.logits(hidden) if copy is None else self._copy_logp(hidden, [copy])
-            nxt = int(logits[-1].argmax())
+            if temperature > 0:
+                probs = (logits[-1].float() / temperature).softmax(-1)
+                nxt = int(torch.multinomial(probs, 1, generator=generator))
+            else:
+                nxt = int(logits[-1].argmax())
             if nxt == tok.eos_token_id:
                 break
             new.append(nxt)
