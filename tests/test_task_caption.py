@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from visionllm.data.captions import KarpathyCaptions
-from visionllm.evaluation.caption import caption_scores, evaluate_caption
+from visionllm.evaluation.caption import caption_scores, consensus, evaluate_caption
 from visionllm.tasks import caption
 from visionllm.tasks.instructions import Request, parse_instruction
 
@@ -101,3 +101,40 @@ def test_odd_captions_keep_lines_aligned():
     preds = {1: "a red circle\ron a grey\u2028background", 2: "two blue squares", 3: "a green star", 4: ""}
     scores = caption_scores(refs, preds)
     assert scores["caption_BLEU-4"] > 0.8 and scores["caption_CIDEr"] > 5.0  # only the empty one misses
+
+
+def test_consensus_keeps_the_caption_the_others_agree_with():
+    pool = {
+        1: ["a dog runs on grass", "a red circle on a grey background", "a red circle on grey", "a red circle"],
+        2: ["two blue squares on white", "two blue squares", "a cat sleeps", "two blue squares and a star"],
+        3: ["a green star", "a green star on black", "one green star", "a tree in the park"],
+    }
+    picked = consensus(pool)
+    assert picked[1].startswith("a red circle") and picked[2].startswith("two blue squares")
+    assert picked[3] != "a tree in the park"
+    assert consensus({1: ["only one"], 2: ["another"]}) == {1: "only one", 2: "another"}
+
+
+class Sampler(Oracle):
+    """Greedy: an unrelated sentence; sampled: the image's first reference, or on one draw in
+    four an unrelated one (the generator decides)."""
+
+    def predict(self, batch, temperature=0.0, generator=None):
+        out = []
+        for meta in batch["meta"]:
+            good = temperature > 0 and float(torch.rand((), generator=generator)) > 0.25
+            out.append({"text": self.references[meta["image_id"]][0] if good else "a dog runs across the green grass"})
+        return out
+
+
+def test_more_candidates_keep_the_caption_the_model_agrees_on(test_reader):
+    """With candidates > 1 the greedy caption is one of several: the sampled ones agree, so one of
+    them is kept (CIDEr far above greedy's); one candidate is the greedy caption itself."""
+    refs = {e["cocoid"]: [s["raw"].strip() for s in e["sentences"]] for e in test_reader.entries}
+    common = {"image_size": 32, "batch_size": 3, "progress": False, "lengths": ()}
+    greedy, _, _ = evaluate_caption(Sampler(refs), test_reader, **common)
+    many, results, _ = evaluate_caption(Sampler(refs), test_reader, candidates=5, **common)
+    assert greedy["caption_CIDEr"] < 0.2 and many["caption_CIDEr"] > 1.0
+    assert all(r["caption"] == refs[r["image_id"]][0] for r in results)
+    with pytest.raises(ValueError, match="candidates"):
+        evaluate_caption(Sampler(refs), test_reader, candidates=0, **common)

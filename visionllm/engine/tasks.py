@@ -31,7 +31,7 @@ DEFAULTS = {
     "segmentation": {"max_classes": 32, "eval_chunk": 32, "flip": True, "points": [8, 12, 16, 20, 24], "eval_points": 16,
                      "described": 0.0},
     "grounding": {"rank": "class"},
-    "caption": {},
+    "caption": {"candidates": 1, "temperature": 0.7},
     "vqa": {},
 }
 
@@ -124,5 +124,7 @@ def evaluate(model, cfg: DictConfig, name: str, val_reader, *, batch_size: int, 
         return evaluate_segmentation(model, val_reader, chunk=chunk or opts["eval_chunk"], num_points=opts["eval_points"], **common)
     if name == "grounding":
         return evaluate_grounding(model, val_reader, rank=opts["rank"], **common)
-    fn = {"caption": evaluate_caption, "vqa": evaluate_vqa}[name]
-    return fn(model, val_reader, **common)
+    if name == "caption":
+        return evaluate_caption(model, val_reader, candidates=int(opts["candidates"]),
+                                temperature=float(opts["temperature"]), **common)
+    return evaluate_vqa(model, val_reader, **common)

@@ -4,6 +4,11 @@ Java), as fractions (the paper prints them x100), plus how well the length wish 
 Two passes over the images: one with the evaluation instruction (scored against all the
 references of the image), one asking image i for about ``lengths[i % len(lengths)]`` words,
 scored by the mean absolute difference between words written and words asked.
+
+The first pass writes greedily, or with ``candidates`` > 1 by minimum Bayes risk: the greedy
+caption and ``candidates`` - 1 captions sampled at ``temperature`` are written, and the one
+that agrees best with the others (CIDEr against them as references) is kept: the caption the
+model's own distribution puts most weight around, in place of its single most likely path.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 
+import torch
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
@@ -44,6 +50,26 @@ def caption_scores(references: dict, predictions: dict) -> dict:
     return out
 
 
+def consensus(pool: dict) -> dict:
+    """{image_id: [caption, ...]} -> {image_id: the caption with the highest CIDEr against the
+    image's other captions} (the first among equals)."""
+    size = min(len(c) for c in pool.values())
+    if size < 2:
+        return {k: c[0] for k, c in pool.items()}
+    keys = list(pool)
+    tok = PTBTokenizer()
+    agreement = {k: [] for k in keys}
+    for j in range(size):
+        gts = {k: [{"caption": " ".join(x.split())} for i, x in enumerate(pool[k][:size]) if i != j] for k in keys}
+        res = {k: [{"caption": " ".join(pool[k][j].split())}] for k in keys}
+        with contextlib.redirect_stdout(io.StringIO()):
+            gts, res = tok.tokenize(gts), tok.tokenize(res)
+            _, scores = Cider().compute_score(gts, res)
+        for k, score in zip(gts, scores):  # the scorer's order is its references' keys
+            agreement[k].append(float(score))
+    return {k: pool[k][max(range(size), key=lambda j: (agreement[k][j], -j))] for k in keys}
+
+
 def evaluate_caption(
     model,
     reader,
@@ -54,6 +80,9 @@ def evaluate_caption(
     progress=True,
     instruction: str | None = None,
     lengths=LENGTHS,
+    candidates: int = 1,
+    temperature: float = 0.7,
+    seed: int = 0,
 ) -> tuple[dict, list[dict], str]:
     """-> ({"caption_BLEU-4", "caption_CIDEr", "caption_length_error", ...},
     [{"image_id", "caption"}] (COCO caption results), printed table)."""
@@ -70,7 +99,16 @@ def evaluate_caption(
                 text = caption.make_instruction("about", n=lengths[i % len(lengths)], template=caption.ABOUT_TEMPLATES[0])
             yield from caption.eval_samples(record, image_size=image_size, instruction=text or instruction)
 
+    if candidates < 1:
+        raise ValueError(f"candidates must be 1 (greedy) or more, not {candidates}")
     predictions = {s["meta"]["image_id"]: out["text"] for s, out in predict_batches(model, samples(False), batch_size)}
+    if candidates > 1:
+        pool = {k: [v] for k, v in predictions.items()}
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(candidates - 1):
+            for s, out in predict_batches(model, samples(False), batch_size, temperature=temperature, generator=generator):
+                pool[s["meta"]["image_id"]].append(out["text"])
+        predictions = consensus(pool)
     metrics = caption_scores(references, predictions)
     errors = []
     if lengths:

@@ -10,9 +10,10 @@ from visionllm.data.transforms import collate
 
 
 @torch.no_grad()
-def predict_batches(model, samples: Iterable[dict], batch_size: int) -> Iterator[tuple[dict, dict]]:
-    """Run ``model.predict`` over samples in batches; yield (sample, its output) in order.
-    The model is in eval mode meanwhile and gets its training mode back afterwards."""
+def predict_batches(model, samples: Iterable[dict], batch_size: int, **predict_options) -> Iterator[tuple[dict, dict]]:
+    """Run ``model.predict`` (with ``predict_options``) over samples in batches; yield (sample,
+    its output) in order. The model is in eval mode meanwhile and gets its training mode back
+    afterwards."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -21,7 +22,7 @@ def predict_batches(model, samples: Iterable[dict], batch_size: int) -> Iterator
     def flush():
         batch = collate(pending)
         batch["images"], batch["pixel_mask"] = batch["images"].to(device), batch["pixel_mask"].to(device)
-        outs = model.predict(batch)
+        outs = model.predict(batch, **predict_options)
         done = list(zip(pending, outs))
         pending.clear()
         return done
