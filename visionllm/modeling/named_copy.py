@@ -42,6 +42,14 @@ unsharpened fit; with ``where_feats`` (``model.copy_where``) also W_l sum_i alph
 the pointed-at location itself, in the DETR-style sine features the image tokens' location
 embedding starts from (the lowest, sin 2 pi x, is positive left of centre, negative right). ``W_v``, ``W_s``, ``w`` and ``b`` start at zero: a model with the copy starts
 exactly as one without it.
+
+With ``count_ids`` (``model.copy_count``) the copy also counts: token i is one of the objects
+a question asks about with probability q_i = sigmoid(a s_i + k o_i + b), s_i the mean over
+the question's name words of log p_i(w) - max_y log p_i(y) (0 where the token says them,
+whatever share of its name they are); the number counted is a Poisson binomial over the
+tokens (``count_distribution``), and p_t(y) is also multiplied by P(n = y)^gamma_t at the
+number words, gamma_t from the state and starting at 0 (docs/design.md, "Counting from the
+tokens").
 """
 
 from __future__ import annotations
@@ -98,7 +106,7 @@ class NamedCopy(nn.Module):
             count_ids = count_ids.long().clone()
             count_ids[count_ids >= self.num_words] = -1  # an added token is never a number word
             self.register_buffer("count_ids", count_ids, persistent=False)
-            # q_i = sigmoid(a m_i + k' o_i + b): token i is one of the objects asked about
+            # q_i = sigmoid(a s_i + k' o_i + b): token i is one of the objects asked about
             self.count_fit = nn.Parameter(torch.tensor(1.0))
             self.count_objectness = nn.Parameter(torch.tensor(1.0))
             self.count_bias = nn.Parameter(torch.tensor(0.0))
@@ -147,9 +155,9 @@ class NamedCopy(nn.Module):
                 logit_q = logit_q + self.count_objectness * objectness.float()
             log_n = count_distribution(logit_q, self.count_ids.shape[0])
             ids = self.count_ids.flatten()
-            said = ids >= 0
+            real = ids >= 0
             rows.append(log_c.new_zeros(self.num_words).index_put(
-                (ids[said],), log_n.repeat_interleave(self.count_ids.shape[1])[said]))
+                (ids[real],), log_n.repeat_interleave(self.count_ids.shape[1])[real]))
         log_c = torch.stack(rows)
         read = self.read_value(log_alpha.exp() @ rms(tokens.float()))
         read = read + self.read_score(torch.stack([fit.max(), torch.logsumexp(fit, 0)]))
@@ -159,7 +167,7 @@ class NamedCopy(nn.Module):
 
     def mix(self, hidden: torch.Tensor, logits: torch.Tensor, copy_logp: torch.Tensor) -> torch.Tensor:
         """(P, V_all) next-word log-probabilities at P answer positions: ``hidden`` (P, H) their
-        states, ``logits`` (P, V_all) the LLM's, ``copy_logp`` (P, 2, V) each position's copy
+        states, ``logits`` (P, V_all) the LLM's, ``copy_logp`` (P, R, V) each position's copy
         over the text words (the first V ids; the added tokens are not offered), in-sentence and
         bare forms, and with the count its row: p_t(y) is then also multiplied by P(n = y)^gamma_t
         at number words, gamma_t = w' . rms(h_t) + b' (0 at the start)."""
