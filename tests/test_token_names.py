@@ -138,3 +138,13 @@ def test_token_sides_are_said_but_never_looked_for(shapes_root, tmp_path):
     assert torch.equal(noted, plain.named_copy.name_words)  # the same name words, side words or not
     with pytest.raises(InstantiationException, match="token_sides .* needs model.token_names > 0"):
         tiny_model_and_sets(shapes_root, tmp_path / "bad", ["model.token_sides=true"])
+    # as a share: the side words' part of the target, the name's words keep the rest
+    model.token_sides = 0.2
+    with torch.no_grad():
+        light = float(model(batch)["loss_names"])
+    model.token_sides = 0.0  # off: no side words at all
+    with torch.no_grad():
+        off = float(model(batch)["loss_names"])
+    assert off == pytest.approx(named, rel=1e-3) and named < light < sided  # the loss is linear in the share
+    with pytest.raises(InstantiationException, match="token_sides must be"):
+        tiny_model_and_sets(shapes_root, tmp_path / "bad2", [*over, "model.token_sides=1.5"])

@@ -24,7 +24,7 @@ def build_visionllm(
     token_names_layer: int = 1,
     named_copy: bool = False,
     copy_where: bool = False,
-    token_sides: bool = False,
+    token_sides: bool | float = False,
     copy_count: bool = False,
 ) -> VisionLLM:
     tokenizer = ImageTokenizer(backbone=backbone, text_encoder=text_encoder, **dict(image_tokenizer))

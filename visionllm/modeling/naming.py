@@ -52,9 +52,10 @@ class TokenNaming:
         "red", half "circle"). ``states`` (b, T, H) one layer's output over the rows' sequences
         (prefix first), ``ids`` (b, L) their prefix token ids, per row the objects' ``names``
         and the tokenizer's (tokens, objects) match, either None where there are none.
-        ``sides``, per row the objects' side words ("left top") or None: said as well, each word
-        an equal share with the name's, but not noted as name words, so a question's pointer
-        never looks for them (docs/design.md, "Token sides")."""
+        ``sides``, per row the objects' side words ("left top") or None: said as well (each word
+        an equal share with the name's, or together the share ``model.token_sides`` gives them),
+        but not noted as name words, so a question's pointer never looks for them
+        (docs/design.md, "Token sides")."""
         vocab = self.llm.vocab
         picked, wanted = [], []
         for row, (row_names, match) in enumerate(zip(names, matches)):
@@ -73,10 +74,15 @@ class TokenNaming:
             self.named_copy.note_names(w for word_ids in enc for w in word_ids)
         extra = [self.llm.tokenizer(" " + s, add_special_tokens=False)["input_ids"] if s else [] for _, s in unique]
         target = torch.zeros(len(unique), vocab.image, device=states.device)
+        share = self.token_sides if not isinstance(self.token_sides, bool) else None
         for r, word_ids in enumerate(enc):
-            words = word_ids + extra[r]
-            for w in words:
-                target[r, w] += 1.0 / len(words)
+            if share is None or not extra[r]:  # every word an equal share
+                weights = [(w, 1.0 / (len(word_ids) + len(extra[r]))) for w in word_ids + extra[r]]
+            else:
+                weights = [(w, (1.0 - share) / len(word_ids)) for w in word_ids]
+                weights += [(w, share / len(extra[r])) for w in extra[r]]
+            for w, weight in weights:
+                target[r, w] += weight
         target = target[[unique.index(n) for n in wanted]]
         return -(target * self._head_words(torch.cat(picked)).log_softmax(-1)).sum()
 

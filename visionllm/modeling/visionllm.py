@@ -61,7 +61,7 @@ class VisionLLM(TokenNaming, nn.Module):
         token_names_layer: int = 1,
         named_copy: bool = False,
         copy_where: bool = False,
-        token_sides: bool = False,
+        token_sides: bool | float = False,
         copy_count: bool = False,
     ):
         super().__init__()
@@ -91,7 +91,12 @@ class VisionLLM(TokenNaming, nn.Module):
         if token_sides and self.token_names <= 0:
             raise ValueError("model.token_sides adds the image side to what token naming teaches: it needs "
                              "model.token_names > 0 (token naming), which is off")
-        self.token_sides = bool(token_sides)
+        # true: the side words are two more words of the name, each an equal share; a number in
+        # (0, 1): their share of the target together, the name's words sharing the rest
+        if not isinstance(token_sides, bool) and not 0 <= float(token_sides) < 1:
+            raise ValueError(f"model.token_sides must be true/false or the side words' share of the naming "
+                             f"target, in [0, 1), not {token_sides}")
+        self.token_sides = token_sides if isinstance(token_sides, bool) else float(token_sides)
         # [ours] text answers may copy a word from the image token their question names
         # (named_copy.py; docs/design.md, "Copy from named tokens"): it reads token naming's layer
         if named_copy and self.token_names <= 0:
