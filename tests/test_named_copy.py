@@ -286,7 +286,10 @@ class _WordTokenizer:
         return "".join(self.words[i] for i in ids)
 
     def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [self.words.index(text)] if text in self.words else [0, 0]}
+        def ids(one):
+            return [self.words.index(one)] if one in self.words else [0, 0]
+
+        return {"input_ids": [ids(t) for t in text] if isinstance(text, list) else ids(text)}
 
 
 def test_plurals_name_what_their_singular_names():

@@ -209,17 +209,12 @@ def singular_forms(tokenizer, num_words: int) -> torch.Tensor:
     """(num_words,) for each word id, the id of its singular where the word is an English plural
     ("s" or "es" after a word of four letters or more) whose singular is one token below
     ``num_words`` (" stars" -> " star", " boxes" -> " box"), else itself."""
-    ids = torch.arange(num_words)
-    for i in range(num_words):
-        text = tokenizer.decode([i])
+    def singulars(text: str) -> list[str]:
         if not text.endswith("s") or len(text.strip()) < 4 or not text.strip().isalpha():
-            continue
-        for cut in (1, 2) if text.endswith("es") else (1,):
-            enc = tokenizer(text[:-cut], add_special_tokens=False)["input_ids"]
-            if len(enc) == 1 and 0 <= enc[0] < num_words:
-                ids[i] = enc[0]
-                break
-    return ids
+            return []
+        return [text[:-1], text[:-2]] if text.endswith("es") else [text[:-1]]
+
+    return _word_map(tokenizer, num_words, singulars)
 
 
 def count_forms(tokenizer, largest: int = 9) -> torch.Tensor | None:
@@ -237,12 +232,20 @@ def count_forms(tokenizer, largest: int = 9) -> torch.Tensor | None:
 def bare_forms(tokenizer, num_words: int) -> torch.Tensor:
     """(num_words,) for each word id below ``num_words``, the id of the same word without its
     leading space (" red" -> "red") where that is one token below ``num_words``, else itself."""
+    return _word_map(tokenizer, num_words, lambda text: [text.strip()] if text.startswith(" ") and text.strip() else [])
+
+
+def _word_map(tokenizer, num_words: int, rewrites) -> torch.Tensor:
+    """(num_words,) for each word id, the id of the first of ``rewrites(its text)`` that is one
+    token below ``num_words``, else the id itself (all candidates tokenized in one call)."""
     ids = torch.arange(num_words)
-    texts = [tokenizer.decode([i]) for i in range(num_words)]
-    spaced = [i for i, t in enumerate(texts) if t.startswith(" ") and t.strip()]
-    if spaced:
-        enc = tokenizer([texts[i].strip() for i in spaced], add_special_tokens=False)["input_ids"]
-        for i, e in zip(spaced, enc):
-            if len(e) == 1 and 0 <= e[0] < num_words:
-                ids[i] = e[0]
+    wanted = [(i, c) for i in range(num_words) for c in rewrites(tokenizer.decode([i]))]
+    if not wanted:
+        return ids
+    enc = tokenizer([c for _, c in wanted], add_special_tokens=False)["input_ids"]
+    done: set[int] = set()
+    for (i, _), e in zip(wanted, enc):
+        if i not in done and len(e) == 1 and 0 <= e[0] < num_words:
+            ids[i] = e[0]
+            done.add(i)
     return ids
