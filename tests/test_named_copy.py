@@ -326,3 +326,10 @@ def test_text_may_be_sampled(shapes_root, tmp_path, extra):
     assert write(temperature=1e-4, generator=torch.Generator().manual_seed(3)) == write()
     with pytest.raises(ValueError, match="temperature"):
         write(temperature=-1.0)
+    # several drawn side by side over one cache; near zero temperature, each is the greedy text
+    many = model.predict(batch, max_new_tokens=6, temperature=1.0, generator=torch.Generator().manual_seed(3), samples=4)
+    assert len(many[0]["texts"]) == 4 and many[0]["text"] == many[0]["texts"][0]
+    cold = model.predict(batch, max_new_tokens=6, temperature=1e-4, samples=3)[0]["texts"]
+    assert cold == [write()] * 3
+    with pytest.raises(ValueError, match="temperature"):
+        model.predict(batch, samples=2)

@@ -57,6 +57,10 @@ class CocoCaptions(Dataset):
         """Each sample's COCO image id, without loading an image."""
         return [int(i) for i in self.ids]
 
+    def reference_captions(self) -> list[list[str]]:
+        """Each sample's captions, without loading an image."""
+        return [list(self.captions[i]) for i in self.ids]
+
     def __getitem__(self, index: int) -> dict:
         iid = self.ids[index]
         info = self.images[iid]
@@ -95,6 +99,10 @@ class KarpathyCaptions(Dataset):
     def image_ids(self) -> list[int]:
         """Each sample's COCO image id (``cocoid``), without loading an image."""
         return [int(e["cocoid"]) for e in self.entries]
+
+    def reference_captions(self) -> list[list[str]]:
+        """Each sample's captions, without loading an image."""
+        return [[s["raw"].strip() for s in e["sentences"]] for e in self.entries]
 
     def __getitem__(self, index: int) -> dict:
         e = self.entries[index]

@@ -31,7 +31,7 @@ DEFAULTS = {
     "segmentation": {"max_classes": 32, "eval_chunk": 32, "flip": True, "points": [8, 12, 16, 20, 24], "eval_points": 16,
                      "described": 0.0},
     "grounding": {"rank": "class"},
-    "caption": {"candidates": 1, "temperature": 0.7},
+    "caption": {"candidates": 1, "temperature": 0.7, "scst": None},
     "vqa": {},
 }
 

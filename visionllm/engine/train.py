@@ -25,6 +25,7 @@ from tqdm import tqdm
 from visionllm.cli import pick_device
 from visionllm.data.datasets import WithProgress
 from visionllm.data.transforms import collate
+from visionllm.engine import scst as self_critical
 from visionllm.engine import tasks
 from visionllm.engine.checkpoint import (
     load_config,
@@ -182,6 +183,12 @@ def train(cfg: DictConfig) -> dict:
     if dist.is_main:
         prepare_tokenizer(cfg, tokenizer_corpus(dataset, vocabulary))
     barrier(dist)
+    scst = None
+    if "caption" in dataset.sets:  # task.caption.scst: captions trained on their own samples' CIDEr
+        scst = self_critical.from_config(tasks.task_options(cfg, "caption")["scst"], dataset.sets["caption"].reader,
+                                         max_steps=tc.max_steps, seed=cfg.seed + dist.rank)
+        if scst is not None and sharded:
+            raise ValueError("task.caption.scst samples captions from the whole model: use trainer.strategy=ddp")
     # under FSDP every rank evaluates in step (the shards gather together); otherwise rank 0 alone
     val_readers = {name: tasks.reader(cfg, "val", name) for name in cfg.task.eval} if dist.is_main or sharded else {}
     model = instantiate(cfg.model).to(device)
@@ -226,6 +233,7 @@ def train(cfg: DictConfig) -> dict:
 
     bar = tqdm(total=tc.max_steps, initial=step, desc="train", dynamic_ncols=True, mininterval=1.0, disable=not dist.is_main)
     t0, seen, micro = time.time(), 0, 0
+    scst_stats: dict[str, list[float]] = {}  # since the last log line
     while step < tc.max_steps:
         dataset.set_epoch(epoch)
         sampler = EpochSampler(len(dataset), seed=cfg.seed, epoch=epoch, batch_size=tc.batch_size,
@@ -237,6 +245,9 @@ def train(cfg: DictConfig) -> dict:
         loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=tagged, drop_last=True, collate_fn=collate,
                             num_workers=tc.num_workers, generator=torch.Generator().manual_seed(cfg.seed + epoch))
         for batch in loader:
+            if scst is not None and scst.active(step):
+                batch, stats = scst.expand(model, batch)
+                scst_stats = {k: scst_stats.get(k, []) + [v] for k, v in stats.items()} if stats else scst_stats
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 losses = net(_to_device(batch, device))
             loss = losses["loss"]
@@ -258,6 +269,8 @@ def train(cfg: DictConfig) -> dict:
                 rate = seen / (time.time() - t0)
                 rec = {"step": step, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm), "samples_per_s": rate}
                 rec.update({k: round(v, 5) for k, v in mean_across({k: v.item() for k, v in losses.items()}, dist).items()})
+                rec.update({k: round(sum(v) / len(v), 5) for k, v in scst_stats.items()})
+                scst_stats = {}
                 history.append(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.1e}", sps=f"{rate:.1f}")
                 if writer:

@@ -253,7 +253,9 @@ class VisionLLM(TokenNaming, nn.Module):
                 losses["loss_text"] = self._text_loss(prefix, valid, text_rows, answers, ids, context,
                                                       v=(v, toks.pixels), instructions=batch["instructions"],
                                                       turns=turns, objectness=toks.layer_logits[-1],
-                                                      anchors=anchors) / text_norm
+                                                      anchors=anchors,
+                                                      weights=[targets[b].get("weight", 1.0) for b in text_rows],
+                                                      ) / text_norm
             elif kind in groups:
                 self._structured_losses(sums, prefix, valid, ids, v, anchors, groups[kind], kind, requests, targets,
                                         assignment, matched, extent)
@@ -333,14 +335,16 @@ class VisionLLM(TokenNaming, nn.Module):
         return tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
     def _text_loss(self, prefix, valid, rows: list[int], answers: list[list[int]], ids=None, context=None, *,
-                   v=None, instructions=None, turns=None, objectness=None, anchors=None) -> torch.Tensor:
+                   v=None, instructions=None, turns=None, objectness=None, anchors=None,
+                   weights: list[float] | None = None) -> torch.Tensor:
         """Summed next-token cross-entropy on each answer after the <bos> query, and on the
         prefix tokens at ``context`` positions (per row: earlier answers of a conversation,
         ``ids`` their token ids); the caller divides by the answer tokens of all processes (as
         the box losses divide by objects). ``v`` (the image tokens and their pixels, or None),
         ``instructions`` and ``turns`` (per row: (question, positions) of each earlier answer)
         feed the text readout, where the model has one; ``objectness`` (B, M, the tokenizer's
-        logits) and ``anchors`` (B, M, 2), or None, the copy too."""
+        logits) and ``anchors`` (B, M, 2), or None, the copy too. ``weights`` (per row, default 1)
+        scale each answer's tokens: a self-critical sample's advantage (engine/scst.py)."""
         vocab = self.llm.vocab
         seqs, label_rows = [], []
         for b, ans in zip(rows, answers):
@@ -379,24 +383,31 @@ class VisionLLM(TokenNaming, nn.Module):
                 labels.append(ids[b, at])
                 own = {p: q for q, ps in (turns[i] if turns else []) for p in ps}
                 asks.append((i, [own.get(p, "") for p in pos]))
+        scale = torch.cat([torch.full((len(ans),), float(w), device=prefix.device)
+                           for (_, ans), w in zip(label_rows, weights or [1.0] * len(label_rows))]
+                          + [torch.ones(len(pos), device=prefix.device) for pos in (context or []) if pos])
         picked, labels = torch.cat(picked), torch.cat(labels)
         if self.named_copy is None:
-            return torch.nn.functional.cross_entropy(self.llm.logits(picked), labels, reduction="sum")
+            nll = torch.nn.functional.cross_entropy(self.llm.logits(picked), labels, reduction="none")
+            return (nll * scale).sum()
         states = seen.get("out", embeds)  # layer 0: the LLM's input
         tables = [self._copy_tables(states[i], ids[b], v[0][b], None if objectness is None else objectness[b],
                                     [q for j, qs in asks if j == i for q in qs],
                                     None if anchors is None else anchors[b])
                   for i, b in enumerate(rows)]
         logp = self._copy_logp(picked, [tables[i][q] for i, qs in asks for q in qs])
-        return torch.nn.functional.nll_loss(logp, labels, reduction="sum")
+        return (torch.nn.functional.nll_loss(logp, labels, reduction="none") * scale).sum()
 
     @torch.no_grad()
     def predict(self, batch: dict, *, max_new_tokens: int = 64, temperature: float = 0.0,
-                generator: torch.Generator | None = None) -> list[dict]:
+                generator: torch.Generator | None = None, samples: int = 1) -> list[dict]:
         """Per sample: structured -> {"labels" (M,), "scores" (M,), "points" (M, N, 2) canvas-normalized,
         "objectness" (M,): the image tokenizer's own score of each token, which for a grounding
         instruction is trained on the referred object alone}; text -> {"text": str}, greedy, or
-        sampled at ``temperature`` > 0 (from ``generator``)."""
+        sampled at ``temperature`` > 0 (from ``generator``); with ``samples`` > 1 (sampled only)
+        also "texts", that many drawn together from one pass over the prefix ("text" the first)."""
+        if samples > 1 and temperature <= 0:
+            raise ValueError(f"{samples} samples of each text need a temperature above 0, not {temperature}")
         requests = batch["requests"]
         toks, anchors, v = self._image_tokens(batch)
         prefix, valid, ids = splice_image_tokens(self.llm, batch["instructions"], v)
@@ -413,11 +424,14 @@ class VisionLLM(TokenNaming, nn.Module):
         for b, r in enumerate(requests):
             if not r.structured:
                 n = int(valid[b].sum())
-                out[b] = {"text": self.generate_text(prefix[b : b + 1, :n], max_new_tokens,
-                                                     image_tokens=(v[b : b + 1], toks.pixels[b : b + 1]),
-                                                     instruction=batch["instructions"][b], ids=ids[b, :n],
-                                                     objectness=toks.layer_logits[-1, b], anchors=anchors[b],
-                                                     temperature=temperature, generator=generator)}
+                common = dict(image_tokens=(v[b : b + 1], toks.pixels[b : b + 1]), instruction=batch["instructions"][b],
+                              ids=ids[b, :n], objectness=toks.layer_logits[-1, b], anchors=anchors[b],
+                              temperature=temperature, generator=generator)
+                if samples > 1:
+                    texts = self.generate_texts(prefix[b : b + 1, :n], max_new_tokens, samples=samples, **common)
+                    out[b] = {"text": texts[0], "texts": texts}
+                else:
+                    out[b] = {"text": self.generate_text(prefix[b : b + 1, :n], max_new_tokens, **common)}
         return out
 
     def generate_text(self, prefix: torch.Tensor, max_new_tokens: int, *, image_tokens: tuple | None = None,
@@ -433,9 +447,9 @@ class VisionLLM(TokenNaming, nn.Module):
         if temperature < 0:
             raise ValueError(f"temperature must be 0 (greedy) or more, not {temperature}")
         tok = self.llm.tokenizer
-        bos = self.llm.embed(torch.tensor([[self.llm.vocab.bos]], device=prefix.device))
-        embeds = torch.cat([prefix, bos], 1)
         if self.text_readout is None and self.named_copy is None and temperature == 0:
+            bos = self.llm.embed(torch.tensor([[self.llm.vocab.bos]], device=prefix.device))
+            embeds = torch.cat([prefix, bos], 1)
             out_ids = self.llm.model.generate(
                 inputs_embeds=embeds,
                 attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=prefix.device),
@@ -445,12 +459,30 @@ class VisionLLM(TokenNaming, nn.Module):
                 pad_token_id=tok.pad_token_id,
             )
             return tok.decode(out_ids[0], skip_special_tokens=True).strip()
+        return self.generate_texts(prefix, max_new_tokens, image_tokens=image_tokens, instruction=instruction, ids=ids,
+                                   objectness=objectness, anchors=anchors, temperature=temperature,
+                                   generator=generator)[0]
+
+    def generate_texts(self, prefix: torch.Tensor, max_new_tokens: int, *, samples: int = 1,
+                       image_tokens: tuple | None = None, instruction: str = "", ids: torch.Tensor | None = None,
+                       objectness: torch.Tensor | None = None, anchors: torch.Tensor | None = None,
+                       temperature: float = 0.0, generator: torch.Generator | None = None) -> list[str]:
+        """``samples`` texts after one prefix (1, L, H), written side by side over one KV cache
+        (the prefix is read once, then its cache repeated): our own loop, as ``generate_text``
+        describes, greedy or at ``temperature``; several are only useful sampled."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be 0 (greedy) or more, not {temperature}")
         if self.text_readout is not None and image_tokens is None:
             raise ValueError("a model with a text readout needs the image tokens to generate text")
         if self.named_copy is not None and (ids is None or image_tokens is None):
             raise ValueError("a model with the named copy needs the prefix's token ids and the image tokens "
                              "to generate text")
-        question = self._questions([instruction]) if self.text_readout is not None else None
+        tok, R = self.llm.tokenizer, samples
+        bos = self.llm.embed(torch.tensor([[self.llm.vocab.bos]], device=prefix.device))
+        embeds = torch.cat([prefix, bos], 1)
+        question = self._questions([instruction]).expand(R, -1) if self.text_readout is not None else None
+        if image_tokens is not None:
+            image_tokens = tuple(None if t is None else t.expand(R, *t.shape[1:]) for t in image_tokens)
         with self._layer_output() as seen:
             out = self.llm.decoder(inputs_embeds=embeds, use_cache=True)
         copy = None
@@ -458,18 +490,29 @@ class VisionLLM(TokenNaming, nn.Module):
             asked = question_line(instruction)
             copy = self._copy_tables(seen.get("out", embeds)[0], ids, image_tokens[0][0], objectness, [asked],
                                      anchors)[asked]
-        new: list[int] = []
+        cache, last = out.past_key_values, out.last_hidden_state[:, -1:]
+        if R > 1:
+            cache.batch_repeat_interleave(R)
+            last = last.expand(R, -1, -1)
+        new = torch.empty(R, 0, dtype=torch.long, device=prefix.device)
+        done = torch.zeros(R, dtype=torch.bool, device=prefix.device)
         for _ in range(max_new_tokens):
-            hidden = self._read(out.last_hidden_state[:, -1:], question, image_tokens)[0]  # (1, H)
-            logits = self.llm.logits(hidden) if copy is None else self._copy_logp(hidden, [copy])
+            hidden = self._read(last, question, image_tokens)[:, -1]  # (R, H)
+            logits = self.llm.logits(hidden) if copy is None else self._copy_logp(hidden, [copy] * R)
             if temperature > 0:
-                probs = (logits[-1].float() / temperature).softmax(-1)
-                nxt = int(torch.multinomial(probs, 1, generator=generator))
+                probs = (logits.float() / temperature).softmax(-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
             else:
-                nxt = int(logits[-1].argmax())
-            if nxt == tok.eos_token_id:
+                nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, tok.eos_token_id), nxt)
+            done = done | (nxt == tok.eos_token_id)
+            if bool(done.all()):
                 break
-            new.append(nxt)
-            step = self.llm.embed(torch.tensor([[nxt]], device=prefix.device))
-            out = self.llm.decoder(inputs_embeds=step, past_key_values=out.past_key_values, use_cache=True)
-        return tok.decode(new, skip_special_tokens=True).strip()
+            new = torch.cat([new, nxt[:, None]], 1)
+            out = self.llm.decoder(inputs_embeds=self.llm.embed(nxt[:, None]), past_key_values=cache, use_cache=True)
+            cache, last = out.past_key_values, out.last_hidden_state
+        texts = []
+        for row in new.tolist():
+            row = row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
+            texts.append(tok.decode(row, skip_special_tokens=True).strip())
+        return texts

@@ -97,7 +97,8 @@ def training_sample(record: dict, *, image_size: int, rng: random.Random) -> dic
         "pixel_mask": mask,
         "instruction": make_instruction(kind, n=num_words(caption), rng=rng),
         "request": Request(kind="text"),
-        "target": {"text": caption},
+        # the image's references and the wish, for self-critical training (engine/scst.py)
+        "target": {"text": caption, "references": captions, "wish": (kind, num_words(caption))},
         "meta": sample_meta(record, scale),
     }
 
@@ -116,3 +117,16 @@ def eval_samples(record: dict, *, image_size: int, instruction: str | None = Non
             "meta": {**sample_meta(record, scale), "requested_length": requested_length(instruction)},
         }
     ]
+
+
+def length_miss(kind: str, asked: int, written: int) -> float:
+    """How far ``written`` words miss the wish, as a fraction of its length: for "about N", |written -
+    N| / N; for brief, the words past ``BRIEF_MAX_WORDS``; for detailed, those short of
+    ``DETAILED_MIN_WORDS`` (each over that bound). 0 where the wish is kept."""
+    if kind == "about":
+        return abs(written - asked) / max(asked, 1)
+    if kind == "brief":
+        return max(0, written - BRIEF_MAX_WORDS) / BRIEF_MAX_WORDS
+    if kind == "detailed":
+        return max(0, DETAILED_MIN_WORDS - written) / DETAILED_MIN_WORDS
+    raise ValueError(f"unknown caption kind {kind!r}; expected 'brief', 'about' or 'detailed'")
