@@ -6,9 +6,9 @@ from collections import defaultdict
 
 import pytest
 import torch
-from helpers import compose_cfg, tiny_model_and_sets, tiny_train_cfg
 from pycocoevalcap.cider.cider import Cider
 
+from helpers import compose_cfg, tiny_model_and_sets, tiny_train_cfg
 from visionllm.data.captions import CocoCaptions
 from visionllm.data.transforms import collate
 from visionllm.engine import scst as self_critical
