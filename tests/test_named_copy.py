@@ -10,7 +10,7 @@ from hydra.errors import InstantiationException
 from tests.helpers import text_with_and_without, tiny_model_and_sets
 from visionllm.data.transforms import collate
 from visionllm.modeling.named_copy import NamedCopy, bare_forms, count_distribution, singular_forms
-from visionllm.modeling.visionllm import question_line
+from visionllm.modeling.visionllm import question_line, repeat_closers
 
 RED, BLUE, CIRCLE, STAR, WHAT = range(5)
 
@@ -333,3 +333,16 @@ def test_text_may_be_sampled(shapes_root, tmp_path, extra):
     assert cold == [write()] * 3
     with pytest.raises(ValueError, match="temperature"):
         model.predict(batch, samples=2)
+    # no_repeat_ngram: no run of n tokens is written twice, greedy or sampled
+    tok = model.llm.tokenizer
+    for kw in ({}, {"temperature": 1.0, "generator": torch.Generator().manual_seed(0)}):
+        text = model.predict(batch, max_new_tokens=24, no_repeat_ngram=2, **kw)[0]["text"]
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        pairs = list(zip(ids, ids[1:]))
+        assert len(pairs) == len(set(pairs)), text
+
+
+def test_repeat_closers():
+    assert repeat_closers([5, 6, 7, 5, 6], 3) == [7]
+    assert repeat_closers([5, 6, 5, 6], 2) == [5]  # after "6", "5" would repeat "6 5"
+    assert repeat_closers([1, 2, 3], 4) == [] and repeat_closers([1, 1], 0) == []

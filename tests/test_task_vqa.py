@@ -111,3 +111,28 @@ def test_accuracy_oracle_and_wrong(val_reader):
     assert all(r["correct"] is None for r in results if not r["short"])
     wrong, _, _ = evaluate_vqa(Oracle(wrong=True), val_reader, image_size=32, batch_size=4, progress=False)
     assert wrong["vqa_accuracy"] < 0.3
+
+
+def test_objects_of_the_image_teach_the_tokenizer(shapes_root, tmp_path):
+    """With the instances of the same images, a VQA sample also holds the centre of every
+    object of its image on the canvas (for the tokenizer's objectness); without, none."""
+    import json
+
+    ann = shapes_root / "annotations/instances_val2017.json"
+    reader = LlavaInstruct(json_file=shapes_root / "llava/llava_instruct_val.json", image_root=shapes_root,
+                           instances_file=ann)
+    coco = json.loads(ann.read_text())
+    record = reader[0]
+    boxes = [a["bbox"] for a in coco["annotations"] if a["image_id"] == int(record["image_id"])]
+    assert record["object_boxes"] == boxes and boxes
+    s = vqa.training_sample(record, image_size=64, rng=random.Random(0))
+    scale = max(record["width"], record["height"])
+    x, y, w, h = boxes[0]
+    torch.testing.assert_close(s["target"]["centers"][0], torch.tensor([(x + w / 2) / scale, (y + h / 2) / scale]))
+    assert s["target"]["centers"].shape == (len(boxes), 2)
+    plain = LlavaInstruct(json_file=shapes_root / "llava/llava_instruct_val.json", image_root=shapes_root)
+    assert "centers" not in vqa.training_sample(plain[0], image_size=64, rng=random.Random(0))["target"]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": []}')
+    with pytest.raises(ValueError, match="COCO instances"):
+        LlavaInstruct(json_file=shapes_root / "llava/llava_instruct_val.json", image_root=shapes_root, instances_file=bad)

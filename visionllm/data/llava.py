@@ -50,11 +50,17 @@ class LlavaInstruct(Dataset):
         {"image": PIL.Image (RGB), "image_id": str, "file_name": str,
          "width": int, "height": int,
          "conversations": [{"from": "human"|"gpt", "value": str}, ...]}
+
+    With ``instances_file`` (COCO instances JSON of the same images, as LLaVA-Instruct's COCO
+    images have), each sample also holds ``"object_boxes"``: the [x, y, w, h] pixel box of every
+    object of its image (an empty list for an image the file does not list), which the VQA task
+    can teach the image tokenizer from (``vqa.training_sample``).
     """
 
-    def __init__(self, *, json_file, image_root):
+    def __init__(self, *, json_file, image_root, instances_file=None):
         self.json_file = Path(json_file)
         self.image_root = Path(image_root)
+        self.object_boxes = None if instances_file is None else _boxes_by_image(instances_file)
         data = read_json(self.json_file, "LLaVA instruction file")
         check_format(isinstance(data, list), f"{self.json_file} is not LLaVA-Instruct JSON "
                      "(expected a list of {id, image, conversations})")
@@ -84,7 +90,22 @@ class LlavaInstruct(Dataset):
     def __getitem__(self, index: int) -> dict:
         e = self.entries[index]
         image = load_image(self.image_root / e["image"])
-        return {"image": image, "image_id": str(e.get("id", Path(e["image"]).stem)),
-                "file_name": e["image"], "width": image.width, "height": image.height,
-                "conversations": [{"from": t["from"], "value": t["value"]}
-                                  for t in e["conversations"]]}
+        key = str(e.get("id", Path(e["image"]).stem))
+        out = {"image": image, "image_id": key,
+               "file_name": e["image"], "width": image.width, "height": image.height,
+               "conversations": [{"from": t["from"], "value": t["value"]}
+                                 for t in e["conversations"]]}
+        if self.object_boxes is not None:
+            out["object_boxes"] = list(self.object_boxes.get(int(key), [])) if key.isdigit() else []
+        return out
+
+
+def _boxes_by_image(instances_file) -> dict[int, list[list[float]]]:
+    data = read_json(instances_file, "COCO instances file")
+    check_format(isinstance(data, dict) and isinstance(data.get("annotations"), list),
+                 f"{instances_file} is not COCO instances JSON (expected a dict with 'annotations')")
+    out: dict[int, list[list[float]]] = {}
+    for a in data["annotations"]:
+        check_format("bbox" in a and "image_id" in a, f"{instances_file}: annotation {a.get('id')} lacks bbox or image_id")
+        out.setdefault(int(a["image_id"]), []).append([float(x) for x in a["bbox"]])
+    return out

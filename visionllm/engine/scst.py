@@ -66,10 +66,12 @@ class SelfCritical:
         was_training = model.training
         model.eval()
         try:
-            texts = [t for o in model.predict(sub, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                              generator=self.generator, samples=K) for t in o["texts"]]
+            drawn = model.predict(sub, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                  generator=self.generator, samples=K)
         finally:
             model.train(was_training)
+        texts = [t for o in drawn for t in o["texts"]]
+        token_ids = [i for o in drawn for i in o["token_ids"]]
         rewards, ciders = [], []
         for i, b in enumerate(pick):
             ciders.append(self.cider.score(texts[i], targets[b]["references"]))
@@ -79,7 +81,7 @@ class SelfCritical:
         keep = [b for b in range(len(targets)) if b not in set(rows)]
         order = keep + pick
         new_targets = [targets[b] for b in keep] + [
-            {"text": texts[i], "weight": float(advantage.view(-1)[i])} for i in range(len(pick))]
+            {"text": texts[i], "ids": token_ids[i], "weight": float(advantage.view(-1)[i])} for i in range(len(pick))]
         out = {"images": batch["images"][order], "pixel_mask": batch["pixel_mask"][order],
                "instructions": [batch["instructions"][b] for b in order], "requests": [batch["requests"][b] for b in order],
                "targets": new_targets, "meta": [batch["meta"][b] for b in order]}

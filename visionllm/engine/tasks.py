@@ -31,7 +31,7 @@ DEFAULTS = {
     "segmentation": {"max_classes": 32, "eval_chunk": 32, "flip": True, "points": [8, 12, 16, 20, 24], "eval_points": 16,
                      "described": 0.0},
     "grounding": {"rank": "class"},
-    "caption": {"candidates": 1, "temperature": 0.7, "scst": None},
+    "caption": {"candidates": 1, "temperature": 0.7, "scst": None, "no_repeat_ngram": 0},
     "vqa": {},
 }
 
@@ -126,5 +126,6 @@ def evaluate(model, cfg: DictConfig, name: str, val_reader, *, batch_size: int, 
         return evaluate_grounding(model, val_reader, rank=opts["rank"], **common)
     if name == "caption":
         return evaluate_caption(model, val_reader, candidates=int(opts["candidates"]),
-                                temperature=float(opts["temperature"]), **common)
+                                temperature=float(opts["temperature"]), no_repeat_ngram=int(opts["no_repeat_ngram"]),
+                                **common)
     return evaluate_vqa(model, val_reader, **common)

@@ -83,6 +83,7 @@ def evaluate_caption(
     candidates: int = 1,
     temperature: float = 0.7,
     seed: int = 0,
+    no_repeat_ngram: int = 0,
 ) -> tuple[dict, list[dict], str]:
     """-> ({"caption_BLEU-4", "caption_CIDEr", "caption_length_error", ...},
     [{"image_id", "caption"}] (COCO caption results), printed table)."""
@@ -101,18 +102,21 @@ def evaluate_caption(
 
     if candidates < 1:
         raise ValueError(f"candidates must be 1 (greedy) or more, not {candidates}")
-    predictions = {s["meta"]["image_id"]: out["text"] for s, out in predict_batches(model, samples(False), batch_size)}
+    opts = {"no_repeat_ngram": no_repeat_ngram} if no_repeat_ngram else {}  # the Oracles of the tests take none
+    predictions = {s["meta"]["image_id"]: out["text"]
+                   for s, out in predict_batches(model, samples(False), batch_size, **opts)}
     if candidates > 1:
         pool = {k: [v] for k, v in predictions.items()}
         generator = torch.Generator().manual_seed(seed)
         for _ in range(candidates - 1):
-            for s, out in predict_batches(model, samples(False), batch_size, temperature=temperature, generator=generator):
+            for s, out in predict_batches(model, samples(False), batch_size, temperature=temperature, generator=generator,
+                                          **opts):
                 pool[s["meta"]["image_id"]].append(out["text"])
         predictions = consensus(pool)
     metrics = caption_scores(references, predictions)
     errors = []
     if lengths:
-        for s, out in predict_batches(model, samples(True), batch_size):
+        for s, out in predict_batches(model, samples(True), batch_size, **opts):
             errors.append(abs(caption.num_words(out["text"]) - s["meta"]["requested_length"]))
     metrics["caption_length_error"] = sum(errors) / len(errors) if errors else 0.0
     results = [{"image_id": k, "caption": v} for k, v in predictions.items()]

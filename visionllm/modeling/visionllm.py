@@ -46,6 +46,14 @@ def _embedding_rms(llm: LLM) -> float:
     return float(rows.pow(2).mean().sqrt())
 
 
+def repeat_closers(written: list[int], n: int) -> list[int]:
+    """The tokens that, written next, would repeat a run of ``n`` tokens already in ``written``."""
+    if n <= 0 or len(written) < n:
+        return []
+    tail = written[len(written) - n + 1 :]
+    return sorted({written[i + n - 1] for i in range(len(written) - n + 1) if written[i : i + n - 1] == tail})
+
+
 class VisionLLM(TokenNaming, nn.Module):
     def __init__(
         self,
@@ -212,7 +220,9 @@ class VisionLLM(TokenNaming, nn.Module):
         losses = {}
         groups = self._structured_groups(requests)
         text_rows = [b for b, r in enumerate(requests) if not r.structured]
-        answers = [self._answer_ids(targets[b]["text"]) for b in text_rows]
+        # a sampled answer (engine/scst.py) brings the ids it was drawn as; others are tokenized
+        answers = [list(targets[b]["ids"]) + [self.llm.tokenizer.eos_token_id] if targets[b].get("ids") is not None
+                   else self._answer_ids(targets[b]["text"]) for b in text_rows]
         # the earlier answers of a conversation, inside the instruction, are learned as well
         context = [
             span_positions(self.llm, batch["instructions"][b], targets[b].get("context_spans") or [], v.shape[1])
@@ -400,12 +410,14 @@ class VisionLLM(TokenNaming, nn.Module):
 
     @torch.no_grad()
     def predict(self, batch: dict, *, max_new_tokens: int = 64, temperature: float = 0.0,
-                generator: torch.Generator | None = None, samples: int = 1) -> list[dict]:
+                generator: torch.Generator | None = None, samples: int = 1, no_repeat_ngram: int = 0) -> list[dict]:
         """Per sample: structured -> {"labels" (M,), "scores" (M,), "points" (M, N, 2) canvas-normalized,
         "objectness" (M,): the image tokenizer's own score of each token, which for a grounding
         instruction is trained on the referred object alone}; text -> {"text": str}, greedy, or
         sampled at ``temperature`` > 0 (from ``generator``); with ``samples`` > 1 (sampled only)
-        also "texts", that many drawn together from one pass over the prefix ("text" the first)."""
+        also "texts", that many drawn together from one pass over the prefix ("text" the first),
+        and "token_ids", the ids each was drawn as. ``no_repeat_ngram`` n > 0: no text repeats a
+        run of n tokens (the word that would close a repeat is never chosen)."""
         if samples > 1 and temperature <= 0:
             raise ValueError(f"{samples} samples of each text need a temperature above 0, not {temperature}")
         requests = batch["requests"]
@@ -426,10 +438,11 @@ class VisionLLM(TokenNaming, nn.Module):
                 n = int(valid[b].sum())
                 common = dict(image_tokens=(v[b : b + 1], toks.pixels[b : b + 1]), instruction=batch["instructions"][b],
                               ids=ids[b, :n], objectness=toks.layer_logits[-1, b], anchors=anchors[b],
-                              temperature=temperature, generator=generator)
+                              temperature=temperature, generator=generator, no_repeat_ngram=no_repeat_ngram)
                 if samples > 1:
-                    texts = self.generate_texts(prefix[b : b + 1, :n], max_new_tokens, samples=samples, **common)
-                    out[b] = {"text": texts[0], "texts": texts}
+                    drawn = self.generate_texts(prefix[b : b + 1, :n], max_new_tokens, samples=samples, with_ids=True,
+                                                **common)
+                    out[b] = {"text": drawn[0][0], "texts": [t for t, _ in drawn], "token_ids": [i for _, i in drawn]}
                 else:
                     out[b] = {"text": self.generate_text(prefix[b : b + 1, :n], max_new_tokens, **common)}
         return out
@@ -437,13 +450,15 @@ class VisionLLM(TokenNaming, nn.Module):
     def generate_text(self, prefix: torch.Tensor, max_new_tokens: int, *, image_tokens: tuple | None = None,
                       instruction: str = "", ids: torch.Tensor | None = None,
                       objectness: torch.Tensor | None = None, anchors: torch.Tensor | None = None,
-                      temperature: float = 0.0, generator: torch.Generator | None = None) -> str:
+                      temperature: float = 0.0, generator: torch.Generator | None = None,
+                      no_repeat_ngram: int = 0) -> str:
         """Token-by-token text with the KV cache, for captions and answers: ``generate`` itself,
         or with the text readout (``image_tokens`` = (v (1, M, H), pixels (1, M, C)) then
         required) or the copy (``ids``, the prefix's token ids, then required; ``objectness``
         (M,) the tokenizer's logits, ``anchors`` (M, 2) the tokens' locations) a loop of our own
         over the same cache. Greedy, or with ``temperature`` > 0 each word is drawn from the
-        distribution at that temperature (from ``generator`` where given)."""
+        distribution at that temperature (from ``generator`` where given). ``no_repeat_ngram`` n >
+        0: a token that would repeat a run of n tokens already written is never chosen."""
         if temperature < 0:
             raise ValueError(f"temperature must be 0 (greedy) or more, not {temperature}")
         tok = self.llm.tokenizer
@@ -457,19 +472,22 @@ class VisionLLM(TokenNaming, nn.Module):
                 do_sample=False,
                 eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id,
+                no_repeat_ngram_size=no_repeat_ngram,
             )
             return tok.decode(out_ids[0], skip_special_tokens=True).strip()
         return self.generate_texts(prefix, max_new_tokens, image_tokens=image_tokens, instruction=instruction, ids=ids,
                                    objectness=objectness, anchors=anchors, temperature=temperature,
-                                   generator=generator)[0]
+                                   generator=generator, no_repeat_ngram=no_repeat_ngram)[0]
 
     def generate_texts(self, prefix: torch.Tensor, max_new_tokens: int, *, samples: int = 1,
                        image_tokens: tuple | None = None, instruction: str = "", ids: torch.Tensor | None = None,
                        objectness: torch.Tensor | None = None, anchors: torch.Tensor | None = None,
-                       temperature: float = 0.0, generator: torch.Generator | None = None) -> list[str]:
+                       temperature: float = 0.0, generator: torch.Generator | None = None,
+                       with_ids: bool = False, no_repeat_ngram: int = 0) -> list:
         """``samples`` texts after one prefix (1, L, H), written side by side over one KV cache
         (the prefix is read once, then its cache repeated): our own loop, as ``generate_text``
-        describes, greedy or at ``temperature``; several are only useful sampled."""
+        describes, greedy or at ``temperature``; several are only useful sampled. With
+        ``with_ids``, (text, the token ids it was written as) for each."""
         if temperature < 0:
             raise ValueError(f"temperature must be 0 (greedy) or more, not {temperature}")
         if self.text_readout is not None and image_tokens is None:
@@ -499,6 +517,10 @@ class VisionLLM(TokenNaming, nn.Module):
         for _ in range(max_new_tokens):
             hidden = self._read(last, question, image_tokens)[:, -1]  # (R, H)
             logits = self.llm.logits(hidden) if copy is None else self._copy_logp(hidden, [copy] * R)
+            if no_repeat_ngram > 0 and new.shape[1] >= no_repeat_ngram:
+                logits = logits.clone()
+                for r, row in enumerate(new.tolist()):
+                    logits[r, repeat_closers(row, no_repeat_ngram)] = float("-inf")
             if temperature > 0:
                 probs = (logits.float() / temperature).softmax(-1)
                 nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
@@ -514,5 +536,6 @@ class VisionLLM(TokenNaming, nn.Module):
         texts = []
         for row in new.tolist():
             row = row[: row.index(tok.eos_token_id)] if tok.eos_token_id in row else row
-            texts.append(tok.decode(row, skip_special_tokens=True).strip())
+            text = tok.decode(row, skip_special_tokens=True).strip()
+            texts.append((text, row) if with_ids else text)
         return texts

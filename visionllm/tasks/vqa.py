@@ -17,6 +17,8 @@ from __future__ import annotations
 import random
 import re
 
+import torch
+
 from visionllm.data.llava import IMAGE_TOKEN
 from visionllm.data.transforms import letterbox
 from visionllm.tasks import sample_meta
@@ -82,12 +84,18 @@ def training_sample(record: dict, *, image_size: int, rng: random.Random) -> dic
     t = rng.randrange(len(pairs))
     canvas, mask, scale = letterbox(record["image"], image_size)
     text = question_text(pairs, t)
+    target = {"text": pairs[t][1].strip(), "context_spans": answer_spans(text, pairs, t)}
+    if record.get("object_boxes") is not None:
+        # every object of the image, for the image tokenizer (its objectness under a question):
+        # what a count without names counts [ours, docs/design.md "Objects under a question"]
+        boxes = torch.tensor(record["object_boxes"], dtype=torch.float32).view(-1, 4) / scale
+        target["centers"] = boxes[:, :2] + boxes[:, 2:] / 2
     return {
         "image": canvas,
         "pixel_mask": mask,
         "instruction": text,
         "request": Request(kind="text"),
-        "target": {"text": pairs[t][1].strip(), "context_spans": answer_spans(text, pairs, t)},
+        "target": target,
         "meta": sample_meta(record, scale),
     }
 
