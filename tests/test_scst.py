@@ -117,3 +117,27 @@ def test_training_samples_captions_after_the_start(shapes_root, tmp_path):
     hist = [h for h in json.loads((tmp_path / "history.json").read_text()) if "loss" in h]
     assert [("scst_reward" in h) for h in hist] == [False, False, True, True]
     assert all(isinstance(h["scst_cider"], float) for h in hist[2:])
+
+
+def test_a_resumed_run_samples_what_an_uninterrupted_one_does(shapes_root, tmp_path):
+    """The sampling generator is in the trainer state: resumed at step 2, a run ends with the
+    weights of one never stopped (it would draw other captions from a fresh generator)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from visionllm.engine.train import train
+
+    steps = ["task=all", "task.mixture.detection=0", "task.mixture.segmentation=0", "task.mixture.grounding=0",
+             "task.mixture.vqa=0", "task.eval=[]", "trainer.max_steps=4", "trainer.eval_every=0",
+             "trainer.checkpoint_every=2", "trainer.keep_checkpoints=3", "trainer.tensorboard=false",
+             "+task.caption.scst.start=0", "+task.caption.scst.samples=2", "+task.caption.scst.max_new_tokens=6",
+             "+task.caption.scst.temperature=2.0"]
+    train(tiny_train_cfg(shapes_root, tmp_path / "straight", steps))
+    train(tiny_train_cfg(shapes_root, tmp_path / "resumed", steps))
+    shutil.rmtree(tmp_path / "resumed/checkpoints/step_0000004")
+    train(tiny_train_cfg(shapes_root, tmp_path / "resumed", [*steps, "trainer.resume=auto"]))
+    a = load_file(str(tmp_path / "straight/checkpoint/model.safetensors"))
+    b = load_file(str(tmp_path / "resumed/checkpoint/model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=0, atol=1e-6), k

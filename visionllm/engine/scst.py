@@ -28,7 +28,8 @@ DEFAULTS = {"start": 0.6, "samples": 5, "temperature": 1.0, "length_weight": 1.0
 
 class SelfCritical:
     def __init__(self, corpus: list[list[str]], *, start: float, samples: int, temperature: float,
-                 length_weight: float, max_new_tokens: int, max_steps: int, seed: int = 0):
+                 length_weight: float, max_new_tokens: int, max_steps: int, seed: int = 0,
+                 device: str | torch.device = "cpu"):
         if samples < 2:
             raise ValueError(f"task.caption.scst.samples must be at least 2 (each sample's baseline is the mean of "
                              f"the others), not {samples}")
@@ -40,7 +41,7 @@ class SelfCritical:
         self.samples, self.temperature = int(samples), float(temperature)
         self.length_weight, self.max_new_tokens = float(length_weight), int(max_new_tokens)
         self.start_step = int(round(start * max_steps))
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device=device).manual_seed(seed)  # in the trainer state, for resume
 
     def active(self, step: int) -> bool:
         """Whether the step after ``step`` steps trains captions this way."""
@@ -88,7 +89,8 @@ class SelfCritical:
         return out, {"scst_reward": float(r.mean()), "scst_cider": sum(ciders) / len(ciders)}
 
 
-def from_config(opts: dict | None, reader, *, max_steps: int, seed: int = 0) -> SelfCritical | None:
+def from_config(opts: dict | None, reader, *, max_steps: int, seed: int = 0,
+                device: str | torch.device = "cpu") -> SelfCritical | None:
     """The trainer's self-critical stage from ``task.caption.scst`` (None: off), with document
     frequencies from ``reader``'s captions."""
     if not opts:
@@ -98,4 +100,5 @@ def from_config(opts: dict | None, reader, *, max_steps: int, seed: int = 0) -> 
         raise ValueError(f"task.caption.scst: unknown option(s) {sorted(unknown)}; known: {', '.join(DEFAULTS)}")
     if not hasattr(reader, "reference_captions"):
         raise ValueError(f"task.caption.scst: the caption reader ({type(reader).__name__}) cannot list its captions")
-    return SelfCritical(reader.reference_captions(), max_steps=max_steps, seed=seed, **{**DEFAULTS, **opts})
+    return SelfCritical(reader.reference_captions(), max_steps=max_steps, seed=seed, device=device,
+                        **{**DEFAULTS, **opts})

@@ -186,7 +186,7 @@ def train(cfg: DictConfig) -> dict:
     scst = None
     if "caption" in dataset.sets:  # task.caption.scst: captions trained on their own samples' CIDEr
         scst = self_critical.from_config(tasks.task_options(cfg, "caption")["scst"], dataset.sets["caption"].reader,
-                                         max_steps=tc.max_steps, seed=cfg.seed + dist.rank)
+                                         max_steps=tc.max_steps, seed=cfg.seed + dist.rank, device=device)
         if scst is not None and sharded:
             raise ValueError("task.caption.scst samples captions from the whole model: use trainer.strategy=ddp")
     # under FSDP every rank evaluates in step (the shards gather together); otherwise rank 0 alone
@@ -218,6 +218,8 @@ def train(cfg: DictConfig) -> dict:
         sched.load_state_dict(st["scheduler"])
         step, epoch, batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
         _set_rng_state(st["rng"])
+        if scst is not None and st.get("scst_rng") is not None:
+            scst.generator.set_state(st["scst_rng"])
         hist = out / "history.json"
         history = [h for h in json.loads(hist.read_text()) if h["step"] <= step] if hist.is_file() else []
         log.info("resumed from %s at step %d (epoch %d, batch %d)", resume, step, epoch, batch_in_epoch)
@@ -245,11 +247,12 @@ def train(cfg: DictConfig) -> dict:
         loader = DataLoader(dataset, batch_size=tc.batch_size, sampler=tagged, drop_last=True, collate_fn=collate,
                             num_workers=tc.num_workers, generator=torch.Generator().manual_seed(cfg.seed + epoch))
         for batch in loader:
+            batch = _to_device(batch, device)
             if scst is not None and scst.active(step):
                 batch, stats = scst.expand(model, batch)
                 scst_stats = {k: scst_stats.get(k, []) + [v] for k, v in stats.items()} if stats else scst_stats
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                losses = net(_to_device(batch, device))
+                losses = net(batch)
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}: {({k: v.item() for k, v in losses.items()})}")
@@ -293,6 +296,7 @@ def train(cfg: DictConfig) -> dict:
                 if dist.is_main:
                     state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "optimizer": opt_state,
                              "scheduler": sched.state_dict(), "rng": _rng_state(), "sharded": sharded,
+                             "scst_rng": None if scst is None else scst.generator.get_state(),
                              "world_size": dist.world_size}
                     _save(model, cfg, out, step, metrics, state, keep, full_state=full_state)
                     (out / "history.json").write_text(json.dumps(history, indent=1))
