@@ -2,6 +2,7 @@
 token whose name the question speaks of."""
 
 import math
+import random
 
 import pytest
 import torch
@@ -346,3 +347,30 @@ def test_repeat_closers():
     assert repeat_closers([5, 6, 7, 5, 6], 3) == [7]
     assert repeat_closers([5, 6, 5, 6], 2) == [5]  # after "6", "5" would repeat "6 5"
     assert repeat_closers([1, 2, 3], 4) == [] and repeat_closers([1, 1], 0) == []
+
+
+def test_the_count_loss_teaches_the_count_even_where_it_is_off(shapes_root, tmp_path):
+    """With model.count_loss a number answer also trains the count's own weights directly: at
+    the start its strength is 0 (the answer's distribution does not use it) and without the
+    loss they get no gradient; with it they do, and it adds -log P(n = answer) to the loss."""
+    from visionllm.data.llava import LlavaInstruct
+    from visionllm.tasks import vqa
+
+    reader = LlavaInstruct(json_file=shapes_root / "llava/llava_instruct_train.json", image_root=shapes_root)
+    samples = [s for i in range(len(reader)) for s in [vqa.training_sample(reader[i], image_size=64,
+                                                                          rng=random.Random(0))]
+               if s["target"]["text"].strip().rstrip(".").isdigit()][:2]
+    assert samples, "the tiny set has count answers"
+    grads, losses = {}, {}
+    for weight in (0.0, 1.0):
+        model, _ = tiny_model_and_sets(shapes_root, tmp_path / str(weight), [
+            "model.token_names=1.0", "model.named_copy=true", "model.copy_count=true", f"model.count_loss={weight}"])
+        loss = model(collate(samples))["loss_text"]
+        loss.backward()
+        grads[weight] = float(model.named_copy.count_bias.grad.abs())
+        losses[weight] = float(loss)
+    assert grads[0.0] == 0.0 and grads[1.0] > 0.0
+    assert losses[1.0] > losses[0.0]
+    with pytest.raises(InstantiationException, match="count_loss"):
+        tiny_model_and_sets(shapes_root, tmp_path / "bad", ["model.token_names=1.0", "model.named_copy=true",
+                                                            "model.count_loss=1.0"])

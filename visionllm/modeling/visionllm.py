@@ -71,6 +71,7 @@ class VisionLLM(TokenNaming, nn.Module):
         copy_where: bool = False,
         token_sides: bool | float = False,
         copy_count: bool = False,
+        count_loss: float = 0.0,
     ):
         super().__init__()
         self.image_tokenizer = image_tokenizer
@@ -115,6 +116,12 @@ class VisionLLM(TokenNaming, nn.Module):
         if copy_count and not named_copy:
             raise ValueError("model.copy_count counts the tokens the named copy's question names: it needs "
                              "model.named_copy=true")
+        if count_loss and not copy_count:
+            raise ValueError("model.count_loss teaches the count of model.copy_count, which is off")
+        # [ours] the count's own distribution also learns the number answers directly, weighted
+        # (docs/design.md, "Counting from the tokens"): else a count the model has turned off
+        # early (its strength below 0) is never taught
+        self.count_loss = float(count_loss)
         count_ids = count_forms(llm.tokenizer) if copy_count else None
         if copy_count and count_ids is None:
             raise ValueError("model.copy_count: the tokenizer says none of the numbers 0 to 9 as one token")
@@ -405,8 +412,17 @@ class VisionLLM(TokenNaming, nn.Module):
                                     [q for j, qs in asks if j == i for q in qs],
                                     None if anchors is None else anchors[b])
                   for i, b in enumerate(rows)]
-        logp = self._copy_logp(picked, [tables[i][q] for i, qs in asks for q in qs])
-        return (torch.nn.functional.nll_loss(logp, labels, reduction="none") * scale).sum()
+        per_position = [tables[i][q] for i, qs in asks for q in qs]
+        logp = self._copy_logp(picked, per_position)
+        loss = (torch.nn.functional.nll_loss(logp, labels, reduction="none") * scale).sum()
+        if self.count_loss > 0:
+            # at each answer word that is a number, log P(n = it) under the count alone
+            numbers = self.named_copy.count_ids.flatten()
+            at = torch.isin(labels, numbers[numbers >= 0]).nonzero()[:, 0].tolist()
+            if at:
+                said = torch.stack([per_position[p][0][2, labels[p]] for p in at])
+                loss = loss - self.count_loss * (said * scale[at]).sum()
+        return loss
 
     @torch.no_grad()
     def predict(self, batch: dict, *, max_new_tokens: int = 64, temperature: float = 0.0,
