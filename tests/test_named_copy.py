@@ -10,8 +10,9 @@ from hydra.errors import InstantiationException
 
 from tests.helpers import text_with_and_without, tiny_model_and_sets
 from visionllm.data.transforms import collate
+from visionllm.modeling.generation import repeat_closers
 from visionllm.modeling.named_copy import NamedCopy, bare_forms, count_distribution, singular_forms
-from visionllm.modeling.visionllm import question_line, repeat_closers
+from visionllm.modeling.visionllm import question_line
 
 RED, BLUE, CIRCLE, STAR, WHAT = range(5)
 
