@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from visionllm.tasks.instructions import question_line
+
 
 def repeat_closers(written: list[int], n: int) -> list[int]:
     """The tokens that, written next, would repeat a run of ``n`` tokens already in ``written``."""
@@ -77,10 +79,6 @@ class TextWriting:
             out = self.llm.decoder(inputs_embeds=embeds, use_cache=True)
         copy = None
         if self.named_copy is not None:
-            from visionllm.modeling.visionllm import (
-                question_line,  # the model's module imports this one
-            )
-
             asked = question_line(instruction)
             copy = self._copy_tables(seen.get("out", embeds)[0], ids, image_tokens[0][0], objectness, [asked],
                                      anchors)[asked]

@@ -8,7 +8,6 @@ text requests by ordinary generation.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 
 import torch
@@ -24,17 +23,10 @@ from visionllm.modeling.named_copy import NamedCopy, bare_forms, count_forms, si
 from visionllm.modeling.naming import TokenNaming, image_extent, side_words
 from visionllm.modeling.readout import TextReadout
 from visionllm.modeling.readout import rms as _rms
-from visionllm.tasks.instructions import Request
+from visionllm.tasks.instructions import Request, question_line
 from visionllm.vocab import LOC_HALF
 
 TEXT_PASS = 10**6  # the text pass's key among the structured passes' point counts, sorted last
-
-
-def question_line(text: str) -> str:
-    """What ``text`` (an instruction, or one cut just before an earlier answer) asks last: its
-    last non-empty line without <image> and a conversation's "Q:" and "A:" marks."""
-    line = next((ln for ln in reversed(text.replace("<image>", "").splitlines()) if ln.strip()), " ")
-    return re.sub(r"^\s*Q:\s*|\s*A:\s*$", "", line) or " "
 
 
 def _embedding_rms(llm: LLM) -> float:

@@ -114,3 +114,10 @@ def answer_text(objects: list[dict], request: Request, meta: dict, points: list)
         nums = ", ".join(f"{x / W * r:.1f}, {y / H * r:.1f}" for x, y in pts)
         items.append(f"(<c{o['class_index']}>, {nums})")
     return "[" + ", ".join(items) + "]"
+
+
+def question_line(text: str) -> str:
+    """What ``text`` (an instruction, or one cut just before an earlier answer) asks last: its
+    last non-empty line without <image> and a conversation's "Q:" and "A:" marks."""
+    line = next((ln for ln in reversed(text.replace("<image>", "").splitlines()) if ln.strip()), " ")
+    return re.sub(r"^\s*Q:\s*|\s*A:\s*$", "", line) or " "
