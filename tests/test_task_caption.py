@@ -77,6 +77,38 @@ def test_training_wish_fits_the_answer(shapes_root):
     assert kinds == set(BANKS)
 
 
+def test_consensus_target_keeps_the_kind_and_picks_the_agreed_reference(shapes_root):
+    train = KarpathyCaptions(root=shapes_root, split_file=shapes_root / "karpathy/dataset_coco.json", split="train")
+    agree = caption.consensus_from_reader("consensus", train)
+    assert caption.consensus_from_reader("random", train) is None
+    rng_a, rng_b = random.Random(0), random.Random(0)
+    changed = 0
+    for i in range(len(train)):
+        rec = train[i]
+        refs = [c.strip() for c in rec["captions"]]
+        scores = agree.scores(refs)
+        for _ in range(3):
+            a = caption.training_sample(rec, image_size=64, rng=rng_a)
+            b = caption.training_sample(rec, image_size=64, rng=rng_b, consensus=agree)
+            kind = caption.length_kind(a["target"]["text"])
+            # the same draw decides the kind; the target is the best-agreed reference of that kind
+            assert caption.length_kind(b["target"]["text"]) == kind and b["target"]["text"] in refs
+            same_kind = [j for j, c in enumerate(refs) if caption.length_kind(c) == kind]
+            assert scores[refs.index(b["target"]["text"])] == max(scores[j] for j in same_kind)
+            if kind == "about":
+                assert caption.requested_length(b["instruction"]) == len(b["target"]["text"].split())
+            changed += a["target"]["text"] != b["target"]["text"]
+    assert changed > 0
+    # a reference the others share scores above one they do not
+    toy = caption.Consensus([["a red circle", "a red circle on grey", "two blue dogs"], ["a cat"], ["one green star"]])
+    s = toy.scores(["a red circle", "a red circle on grey", "two blue dogs"])
+    assert s[0] > s[2] and s[1] > s[2]
+    with pytest.raises(ValueError, match="task.caption.target"):
+        caption.consensus_from_reader("best", train)
+    with pytest.raises(ValueError, match="cannot list its captions"):
+        caption.consensus_from_reader("consensus", object())
+
+
 def test_scores_oracle_and_wrong(test_reader):
     refs = {e["cocoid"]: [s["raw"].strip() for s in e["sentences"]] for e in test_reader.entries}
     metrics, results, table = evaluate_caption(

@@ -31,7 +31,7 @@ DEFAULTS = {
     "segmentation": {"max_classes": 32, "eval_chunk": 32, "flip": True, "points": [8, 12, 16, 20, 24], "eval_points": 16,
                      "described": 0.0},
     "grounding": {"rank": "class"},
-    "caption": {"candidates": 1, "temperature": 0.7, "scst": None, "no_repeat_ngram": 0},
+    "caption": {"candidates": 1, "temperature": 0.7, "scst": None, "no_repeat_ngram": 0, "target": "random"},
     "vqa": {},
 }
 
@@ -59,7 +59,10 @@ def _builder(name: str, opts: dict, image_size: int, vocabulary: list[str] | Non
         return lambda r, rng: detection.training_sample(r, rng=rng, **common)
     if name == "segmentation":
         return lambda r, rng: segmentation.training_sample(r, rng=rng, num_points_choices=tuple(opts["points"]), **common)
-    module = {"grounding": grounding, "caption": caption, "vqa": vqa}[name]
+    if name == "caption":
+        consensus = caption.consensus_from_reader(opts["target"], reader)
+        return lambda r, rng: caption.training_sample(r, image_size=image_size, rng=rng, consensus=consensus)
+    module = {"grounding": grounding, "vqa": vqa}[name]
     return lambda r, rng: module.training_sample(r, image_size=image_size, rng=rng)
 
 

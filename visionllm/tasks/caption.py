@@ -4,6 +4,11 @@ Training picks one reference caption and then the instruction kind that is true 
 (brief if at most 8 words, detailed if at least 16, otherwise "about N words" with N its
 word count), so the model learns to follow the wish rather than to ignore it. Words are
 whitespace-separated tokens, here and in the length metric.
+
+With ``task.caption.target: consensus`` the drawn reference decides only the kind; the target
+is then the image's reference of that kind that agrees best with its other references
+(CIDEr-D, :class:`Consensus`), so each image and wish teach one caption, the one its
+annotators shared most (docs/design.md, "Consensus targets").
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import random
 import re
 
 from visionllm.data.transforms import letterbox
+from visionllm.evaluation.cider import CiderD
 from visionllm.tasks import sample_meta
 from visionllm.tasks.instructions import Request
 
@@ -85,12 +91,51 @@ def requested_length(instruction: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def training_sample(record: dict, *, image_size: int, rng: random.Random) -> dict:
-    captions = [c for c in record["captions"] if c.strip()]
+TARGETS = ("random", "consensus")
+
+
+class Consensus:
+    """Each reference's CIDEr-D against the other references of its image, with document
+    frequencies from ``corpus`` (the training captions, one list per image). Scores are computed
+    when an image is first asked for and kept."""
+
+    def __init__(self, corpus: list[list[str]]):
+        self.cider = CiderD([[c.strip() for c in refs if c.strip()] for refs in corpus])
+        self._cache: dict[tuple[str, ...], list[float]] = {}
+
+    def scores(self, captions: list[str]) -> list[float]:
+        key = tuple(captions)
+        if key not in self._cache:
+            self._cache[key] = [self.cider.score(c, captions[:i] + captions[i + 1:]) if len(captions) > 1 else 0.0
+                                for i, c in enumerate(captions)]
+        return self._cache[key]
+
+    def pick(self, captions: list[str], kind: str) -> str:
+        """The reference of this length kind that its image's other references agree with most."""
+        scores = self.scores(captions)
+        return max((c for c in captions if length_kind(c) == kind), key=lambda c: scores[captions.index(c)])
+
+
+def consensus_from_reader(target: str, reader) -> Consensus | None:
+    """``task.caption.target``: 'random' (None) or 'consensus' (a :class:`Consensus` over the
+    reader's captions)."""
+    if target not in TARGETS:
+        raise ValueError(f"task.caption.target: unknown value {target!r}; expected one of {', '.join(TARGETS)}")
+    if target == "random":
+        return None
+    if not hasattr(reader, "reference_captions"):
+        raise ValueError(f"task.caption.target=consensus: the caption reader ({type(reader).__name__}) cannot list its captions")
+    return Consensus(reader.reference_captions())
+
+
+def training_sample(record: dict, *, image_size: int, rng: random.Random, consensus: Consensus | None = None) -> dict:
+    captions = [c.strip() for c in record["captions"] if c.strip()]
     if not captions:
         raise ValueError(f"image {record['image_id']} has no caption to learn from")
-    caption = rng.choice(captions).strip()
+    caption = rng.choice(captions)
     kind = length_kind(caption)
+    if consensus is not None:
+        caption = consensus.pick(captions, kind)
     canvas, mask, scale = letterbox(record["image"], image_size)
     return {
         "image": canvas,
