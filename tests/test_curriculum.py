@@ -62,3 +62,33 @@ def test_an_unknown_curriculum_task_is_an_error(shapes_root, tmp_path):
                                                  "+task.curriculum.stages=[[0.5,1]]"])
     with pytest.raises(ValueError, match="unknown task.*captions"):
         tasks.training_set(cfg)
+
+
+def test_a_later_phase_draws_tasks_by_its_own_weights(shapes_root, tmp_path):
+    """task.phases: from 0.5 of the run on, only captions and VQA (detection alone before)."""
+    from visionllm.engine import tasks
+
+    cfg = tiny_train_cfg(shapes_root, tmp_path, [
+        "task=all", "task.mixture.segmentation=0", "task.mixture.grounding=0", "task.mixture.caption=0",
+        "task.mixture.vqa=0", "+task.phases=[{from: 0.5, mixture: {detection: 0, caption: 1, vqa: 1}}]"])
+    ds, _ = tasks.training_set(cfg)
+    assert set(ds.names) == {"detection", "caption", "vqa"}
+    early = {ds[(i, 0.49)]["meta"]["task"] for i in range(12)}
+    late = {ds[(i, 0.5)]["meta"]["task"] for i in range(12)}
+    assert early == {"detection"} and late == {"caption", "vqa"}
+    # a plain index (the tokenizer's corpus) draws from the first phase
+    assert {ds[i]["meta"]["task"] for i in range(6)} == {"detection"}
+
+
+@pytest.mark.parametrize("phases, match", [
+    ("[{from: 0.5, mixture: {captions: 1}}]", "unknown task"),
+    ("[{from: 0.5, weights: {caption: 1}}]", "expected"),
+    ("[{from: 1.5, mixture: {caption: 1}}]", r"in \(0, 1\)"),
+    ("[{from: 0.5, mixture: {detection: 0, segmentation: 0, grounding: 0, caption: 0, vqa: 0}}]", "positive sum"),
+])
+def test_a_malformed_phase_is_an_error(shapes_root, tmp_path, phases, match):
+    from visionllm.engine import tasks
+
+    cfg = tiny_train_cfg(shapes_root, tmp_path, ["task=all", f"+task.phases={phases}"])
+    with pytest.raises(ValueError, match=match):
+        tasks.training_set(cfg)

@@ -9,6 +9,7 @@ loader workers, and resumable at any step.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -89,25 +90,39 @@ class WithProgress(Sampler):
 
 class Mixture(Dataset):
     """Draws each item's task by weight, then a record of that task: tasks of very different
-    sizes (COCO's 118k images, RefCOCO's 320k expressions) mix in the proportions asked for."""
+    sizes (COCO's 118k images, RefCOCO's 320k expressions) mix in the proportions asked for.
+
+    ``phases``: ``[(from_fraction, weights), ...]``; from that fraction of the run on (the
+    ``progress`` of :class:`WithProgress`), tasks are drawn by those weights instead. ``names``
+    lists every task drawn in some phase."""
 
     def __init__(self, sets: dict[str, TaskSet], weights: dict[str, float], *, seed: int = 0, length: int | None = None,
-                 curricula: dict[str, Curriculum] | None = None):
+                 curricula: dict[str, Curriculum] | None = None, phases: Iterable = ()):
         if not sets:
             raise ValueError("a mixture needs at least one task")
-        bad = [k for k, w in weights.items() if k in sets and w < 0]
-        if bad or sum(weights.get(k, 0) for k in sets) <= 0:
-            raise ValueError(f"mixture weights must be non-negative with a positive sum: {weights}")
-        self.names = [k for k in sets if weights.get(k, 0) > 0]
         self.sets = sets
-        total = sum(weights[k] for k in self.names)
-        acc, self.cdf = 0.0, []
-        for k in self.names:
-            acc += weights[k] / total
-            self.cdf.append(acc)
+        self.phases = [(0.0, *self._draw(weights))]
+        for start, w in sorted(((float(f), w) for f, w in phases), key=lambda p: p[0]):
+            if not 0.0 < start < 1.0:
+                raise ValueError(f"a mixture phase starts at a fraction of the run in (0, 1), not {start:g}")
+            unknown = [k for k, v in w.items() if k not in sets and v > 0]
+            if unknown:
+                raise ValueError(f"the mixture phase from {start:g} draws {unknown}, which have no training data here "
+                                 f"(tasks with data: {', '.join(sets)})")
+            self.phases.append((start, *self._draw(w)))
+        self.names = [k for k in sets if any(k in names for _, names, _ in self.phases)]
         self.seed, self.epoch = seed, 0
-        self.length = length or sum(len(sets[k]) for k in self.names)
+        self.length = length or sum(len(sets[k]) for k in self.phases[0][1])
         self.curricula = dict(curricula or {})
+
+    def _draw(self, weights: dict[str, float]) -> tuple[list[str], list[float]]:
+        """The tasks of ``weights`` that have a set, and their cumulative shares."""
+        bad = [k for k, w in weights.items() if k in self.sets and w < 0]
+        if bad or sum(weights.get(k, 0) for k in self.sets) <= 0:
+            raise ValueError(f"mixture weights must be non-negative with a positive sum: {weights}")
+        names = [k for k in self.sets if weights.get(k, 0) > 0]
+        total = sum(weights[k] for k in names)
+        return names, list(itertools.accumulate(weights[k] / total for k in names))
 
     def __len__(self) -> int:
         return self.length
@@ -118,14 +133,15 @@ class Mixture(Dataset):
             s.set_epoch(epoch)
 
     def __getitem__(self, item: int | tuple[int, float]) -> dict:
-        """``item``: an index, or ``(index, progress)`` from :class:`WithProgress` (curricula)."""
+        """``item``: an index, or ``(index, progress)`` from :class:`WithProgress` (curricula, phases)."""
         index, progress = item if isinstance(item, tuple) else (item, None)
-        if len(self.names) == 1:
-            name = self.names[0]
+        _, names, cdf = [p for p in self.phases if p[0] <= (progress or 0.0)][-1]
+        if len(names) == 1:
+            name = names[0]
             record = index % len(self.sets[name])
         else:
             rng = random.Random(f"mix/{self.seed}/{self.epoch}/{index}")
-            name = self.names[min(bisect.bisect_left(self.cdf, rng.random()), len(self.names) - 1)]
+            name = names[min(bisect.bisect_left(cdf, rng.random()), len(names) - 1)]
             record = rng.randrange(len(self.sets[name]))
         if progress is not None and name in self.curricula:
             record = self.curricula[name].pick(record, progress)

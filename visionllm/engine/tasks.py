@@ -76,14 +76,34 @@ def reader(cfg: DictConfig, split: str, name: str):
 def training_set(cfg: DictConfig) -> tuple[Mixture, list[str]]:
     """The weighted mixture of ``cfg.task.mixture``; also the class vocabulary of detection data."""
     weights = {k: float(v) for k, v in cfg.task.mixture.items() if float(v) > 0}
+    phases = mixture_phases(cfg)
+    drawn = list(weights) + [k for _, w in phases for k in w if w[k] > 0 and k not in weights]
     sets, vocabulary = {}, list(cfg.data.categories or [])
-    for name in weights:
+    for name in drawn:
         r = reader(cfg, "train", name)
         if name in ("detection", "segmentation") and not vocabulary:
             vocabulary = category_names(r)
         sets[name] = TaskSet(reader=r, build=_builder(name, task_options(cfg, name), cfg.data.image_size, vocabulary or None, r),
                              seed=cfg.seed, name=name)
-    return Mixture(sets, weights, seed=cfg.seed, curricula=curricula(cfg, sets)), vocabulary
+    return Mixture(sets, weights, seed=cfg.seed, curricula=curricula(cfg, sets), phases=phases), vocabulary
+
+
+def mixture_phases(cfg: DictConfig) -> list[tuple[float, dict[str, float]]]:
+    """``cfg.task.phases``: ``[{from: fraction, mixture: {task: weight, ...}}, ...]``; from that
+    fraction of the run on, tasks are drawn by ``task.mixture`` updated with the phase's weights
+    (a task it does not name keeps its weight)."""
+    node = OmegaConf.select(cfg, "task.phases")
+    out = []
+    for i, phase in enumerate(OmegaConf.to_container(node, resolve=True) if node else []):
+        if not isinstance(phase, dict) or set(phase) != {"from", "mixture"} or not isinstance(phase["mixture"], dict):
+            raise ValueError(f"task.phases[{i}]: expected {{from: fraction, mixture: {{task: weight, ...}}}}, got {phase!r}")
+        unknown = [k for k in phase["mixture"] if k not in TASKS]
+        if unknown:
+            raise ValueError(f"task.phases[{i}].mixture: unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+        weights = {k: float(v) for k, v in cfg.task.mixture.items()}
+        weights.update({k: float(v) for k, v in phase["mixture"].items()})
+        out.append((float(phase["from"]), weights))
+    return out
 
 
 def curricula(cfg: DictConfig, sets: dict[str, TaskSet]) -> dict[str, Curriculum]:
