@@ -4,8 +4,10 @@ import random
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from visionllm.data.captions import KarpathyCaptions
+from visionllm.engine import tasks
 from visionllm.evaluation.caption import caption_scores, consensus, evaluate_caption
 from visionllm.tasks import caption
 from visionllm.tasks.instructions import Request, parse_instruction
@@ -126,6 +128,20 @@ def test_scores_oracle_and_wrong(test_reader):
     # the default instruction asks for about ten words
     words, _, _ = evaluate_caption(Oracle(refs), test_reader, image_size=32, batch_size=3, progress=False, lengths=())
     assert words["caption_BLEU-4"] < metrics["caption_BLEU-4"]
+
+
+def test_eval_instruction_from_the_config(test_reader):
+    """task.caption.eval_instruction sets the scored pass's request; null keeps about ten words."""
+    refs = {e["cocoid"]: [s["raw"].strip() for s in e["sentences"]] for e in test_reader.entries}
+    cfg = OmegaConf.create({"data": {"image_size": 32}, "task": {"caption": {"eval_instruction": None}}})
+    words, _, _ = tasks.evaluate(Oracle(refs), cfg, "caption", test_reader, batch_size=3, progress=False)
+    cfg.task.caption.eval_instruction = "Describe <image> in detail."
+    detail, results, _ = tasks.evaluate(Oracle(refs), cfg, "caption", test_reader, batch_size=3, progress=False)
+    assert detail["caption_CIDEr"] > 1.0 > words["caption_CIDEr"]
+    assert all(r["caption"] == refs[r["image_id"]][0] for r in results)
+    cfg.task.caption.eval_instruction = "Describe the image in detail."
+    with pytest.raises(ValueError, match="must hold <image>"):
+        tasks.evaluate(Oracle(refs), cfg, "caption", test_reader, batch_size=3, progress=False)
 
 
 def test_odd_captions_keep_lines_aligned():

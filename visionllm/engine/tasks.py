@@ -31,7 +31,8 @@ DEFAULTS = {
     "segmentation": {"max_classes": 32, "eval_chunk": 32, "flip": True, "points": [8, 12, 16, 20, 24], "eval_points": 16,
                      "described": 0.0},
     "grounding": {"rank": "class"},
-    "caption": {"candidates": 1, "temperature": 0.7, "scst": None, "no_repeat_ngram": 0, "target": "random"},
+    "caption": {"candidates": 1, "temperature": 0.7, "scst": None, "no_repeat_ngram": 0, "target": "random",
+                "eval_instruction": None},
     "vqa": {},
 }
 
@@ -150,5 +151,5 @@ def evaluate(model, cfg: DictConfig, name: str, val_reader, *, batch_size: int, 
     if name == "caption":
         return evaluate_caption(model, val_reader, candidates=int(opts["candidates"]),
                                 temperature=float(opts["temperature"]), no_repeat_ngram=int(opts["no_repeat_ngram"]),
-                                **common)
+                                instruction=opts["eval_instruction"], **common)
     return evaluate_vqa(model, val_reader, **common)

@@ -102,6 +102,9 @@ def evaluate_caption(
 
     if candidates < 1:
         raise ValueError(f"candidates must be 1 (greedy) or more, not {candidates}")
+    if instruction is not None and "<image>" not in instruction:
+        raise ValueError(f"the caption evaluation instruction must hold <image> where the image goes, as in "
+                         f"'Describe <image> in detail.'; got {instruction!r}")
     opts = {"no_repeat_ngram": no_repeat_ngram} if no_repeat_ngram else {}  # the Oracles of the tests take none
     predictions = {s["meta"]["image_id"]: out["text"]
                    for s, out in predict_batches(model, samples(False), batch_size, **opts)}
