@@ -53,5 +53,22 @@ def test_breakdown_of_an_eval_dir(tmp_path):
     refs = [{"image_id": 1, "ref_id": r, "bbox": b} for r, b in ((1, [0, 0, 10, 10]), (2, [0, 0, 10, 11]), (2, [20, 20, 30, 30]), (3, [40, 40, 50, 50]))]
     # pairs with different referents: (1,2a) same box, (1,2b), (1,3), (2a,3), (2b,3) differ
     assert breakdown.same_box_other_referent(refs) == 0.2
+    # where wrong answers land: on a look-alike, on a relation's anchor, elsewhere
+    inst.write_text(json.dumps({
+        "categories": [{"id": 1, "name": "circle"}, {"id": 2, "name": "star"}],
+        "annotations": [{"image_id": 1, "bbox": [0, 0, 10, 10], "category_id": 1, "attributes": ["red"]},
+                        {"image_id": 1, "bbox": [20, 20, 10, 10], "category_id": 2, "attributes": ["blue"]},
+                        {"image_id": 1, "bbox": [40, 40, 10, 10], "category_id": 2, "attributes": ["red"]},
+                        {"image_id": 1, "bbox": [60, 60, 10, 10], "category_id": 1, "attributes": ["blue"]}]}))
+    wrong = [{"image_id": 1, "expression": "the leftmost star", "bbox": [40, 40, 50, 50], "correct": False},
+             {"image_id": 1, "expression": "the star left of the red circle", "bbox": [0, 0, 10, 10], "correct": False},
+             {"image_id": 1, "expression": "the blue star left of the circle", "bbox": [40, 40, 50, 50], "correct": False},
+             {"image_id": 1, "expression": "the circle below the blue circle", "bbox": [60, 60, 70, 70], "correct": False},
+             {"image_id": 1, "expression": "the red shape", "bbox": [60, 60, 70, 70], "correct": False},
+             {"image_id": 1, "expression": "the red circle", "bbox": [100, 100, 120, 120], "correct": False}]
+    g = breakdown.grounding(wrong, inst)
+    assert g["extreme"]["wrong_object"] == {"look_alike": 1.0, "anchor": 0.0, "other": 0.0}
+    assert g["rel"]["wrong_object"] == {"look_alike": 0.0, "anchor": 0.667, "other": 0.333}
+    assert g["attr"]["wrong_object"] == {"look_alike": 0.0, "anchor": 0.0, "other": 1.0}  # the box on nothing is not counted
     v = breakdown.vqa(json.loads((tmp_path / "vqa.json").read_text()))
     assert v == {"count": {"accuracy": 0.5, "questions": 2, "most_common_prediction": "2", "its_share": 1.0}}

@@ -11,7 +11,12 @@ caption variety, from the files ``tools/eval.py`` writes.
   P@0.5 of naming one of the image's objects at random (the mean of 1 / objects), the score
   of a model that finds objects and ignores the expression; and ``same_box_other_referent``:
   of the pairs of expressions about different objects of one image, the share answered with
-  the same box (1.0: the answer does not depend on the expression);
+  the same box (1.0: the answer does not depend on the expression); and, per kind,
+  ``wrong_object``: of the wrong answers on another object, the share on a ``look_alike`` (an
+  object the expression's head phrase also fits, "the leftmost circle" answered with another
+  circle: the words were read, the comparison lost), on the ``anchor`` of a relation ("the star
+  left of the square" answered with the square) and on ``other`` objects (the words misread);
+  colour words are the instances' ``attributes``, shape words their category names;
 - VQA (vqa.json): accuracy per question type (count, exist, color, shape, position) and the
   share of the most common prediction per type (1.0: one answer whatever the image);
 - captions (captions.json): distinct captions / captions (low: the text ignores the image).
@@ -74,10 +79,49 @@ def grounding(results: list[dict], instances: Path | None) -> dict:
         wrong = [r for r in results if not r["correct"] and r["bbox"] is not None]
         other = sum(any(box_iou(r["bbox"], b) >= 0.5 for b in boxes.get(r["image_id"], [])) for r in wrong)
         out["wrong_answers_on_another_object"] = round(other / len(wrong), 3) if wrong else 0.0
+        for k, shares in wrong_objects(wrong, json.loads(instances.read_text())).items():
+            out[k]["wrong_object"] = shares
     same = same_box_other_referent(results)
     if same is not None:
         out["same_box_other_referent"] = same
     return out
+
+
+def phrase(words: list[str], colours: set[str], shapes: set[str]) -> tuple[str | None, str | None]:
+    """The (colour, shape) a noun phrase names, None for a word it does not say ("the blue shape")."""
+    return next((w for w in words if w in colours), None), next((w for w in words if w in shapes), None)
+
+
+def wrong_objects(wrong: list[dict], instances: dict) -> dict[str, dict[str, float]]:
+    """Per expression kind, where wrong answers that sit on another object (IoU >= 0.5) landed:
+    {"look_alike", "anchor", "other"} shares (see the module's doc)."""
+    names = {c["id"]: c["name"] for c in instances.get("categories", [])}
+    objects: dict[int, list] = {}
+    for a in instances["annotations"]:
+        x, y, w, h = a["bbox"]
+        objects.setdefault(a["image_id"], []).append(([x, y, x + w, y + h], set(a.get("attributes", [])), names.get(a.get("category_id"))))
+    colours = {c for objs in objects.values() for _, attrs, _ in objs for c in attrs}
+    shapes = set(names.values())
+
+    def fits(obj, named) -> bool:
+        colour, shape = named
+        return (colour is not None or shape is not None) and colour in obj[1] | {None} and shape in (obj[2], None)
+
+    landed: dict[str, Counter] = {}
+    for r in wrong:
+        overlaps = [(box_iou(r["bbox"], o[0]), o) for o in objects.get(r["image_id"], [])]
+        best = max(overlaps, key=lambda t: t[0], default=(0.0, None))
+        if best[0] < 0.5:
+            continue
+        text = r["expression"].lower()
+        kind = expression_kind(text)
+        cut = EXPRESSION_KINDS[0][1].search(text) if kind == "rel" else None
+        head = phrase(re.findall(r"[a-z]+", text[: cut.start()] if cut else text), colours, shapes)
+        anchor = phrase(re.findall(r"[a-z]+", text[cut.end():]), colours, shapes) if cut else (None, None)
+        # the anchor first: "the circle left of the red circle" answered with the red circle
+        where = "anchor" if fits(best[1], anchor) else "look_alike" if fits(best[1], head) else "other"
+        landed.setdefault(kind, Counter())[where] += 1
+    return {k: {w: round(c[w] / sum(c.values()), 3) for w in ("look_alike", "anchor", "other")} for k, c in landed.items()}
 
 
 def same_box_other_referent(results: list[dict]) -> float | None:
