@@ -19,6 +19,7 @@ from visionllm.modeling.generation import TextWriting
 from visionllm.modeling.image_tokenizer import ImageTokenizer
 from visionllm.modeling.llm import LLM
 from visionllm.modeling.losses import answer_loss, global_counts, tokenizer_loss
+from visionllm.modeling.name_pool import NamePool
 from visionllm.modeling.named_copy import NamedCopy, bare_forms, count_forms, singular_forms
 from visionllm.modeling.naming import TokenNaming, image_extent, side_words
 from visionllm.modeling.readout import TextReadout
@@ -57,6 +58,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         token_sides: bool | float = False,
         copy_count: bool = False,
         count_loss: float = 0.0,
+        name_pool: bool = False,
     ):
         super().__init__()
         self.image_tokenizer = image_tokenizer
@@ -73,6 +75,8 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         # [ours] class-slot logits also score the instruction's own <ck> in context (zero at init)
         self.class_pointer = nn.Linear(H, H, bias=False)
         nn.init.zeros_(self.class_pointer.weight)
+        # [ours] the name's words weighed by a learned score rather than alike (name_pool.py)
+        self.name_pool = NamePool(H) if name_pool else None
         # [ours] text answers may read the image tokens directly (readout.py; docs/design.md)
         self.text_readout = TextReadout(H, pixel_dim=d) if text_readout else None
         # [ours] each image token matched to an object names it in words, read through the
@@ -177,19 +181,22 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         Each name is tokenized after a space, so a word is the same token wherever it stands
         ("circle" alone and in "the red circle" alike)."""
         names = sorted({n for names in class_lists for n in names})
-        mean = self._mean_embeddings(names)
+        mean = self._mean_embeddings(names, pool=self.name_pool)
         row = {n: i for i, n in enumerate(names)}
         out = mean.new_zeros(len(class_lists), kmax, mean.shape[-1])
         for b, names_b in enumerate(class_lists):
             out[b, : len(names_b)] = mean[[row[n] for n in names_b]]
         return out
 
-    def _mean_embeddings(self, texts: list[str]) -> torch.Tensor:
-        """(U, H) mean LLM input embedding of each text's tokens, tokenized after a space."""
+    def _mean_embeddings(self, texts: list[str], pool: NamePool | None = None) -> torch.Tensor:
+        """(U, H) mean LLM input embedding of each text's tokens, tokenized after a space (with
+        ``pool``: their weighted mean, by its learned weights)."""
         enc = self.llm.tokenizer([" " + t for t in texts], add_special_tokens=False, padding=True, return_tensors="pt")
         device = self.class_pointer.weight.device
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device).float()
         emb = self.llm.embed(ids).float()  # (U, T, H)
+        if pool is not None:
+            return pool(emb, mask)
         return (emb * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
 
     def _questions(self, instructions: list[str]) -> torch.Tensor:
@@ -272,7 +279,8 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         if not rows:
             losses["loss_tok_obj"] = 0.0 * (toks.layer_logits.sum() + toks.layer_points.sum())
         if not sums:
-            losses["loss_cls"] = 0.0 * self.class_pointer.weight.sum()
+            pool = [] if self.name_pool is None else list(self.name_pool.parameters())
+            losses["loss_cls"] = 0.0 * sum((p.sum() for p in pool), self.class_pointer.weight.sum())
         text_parts = [m for m in (self.text_readout, self.named_copy) if m is not None]
         if text_parts and not text_rows:
             losses["loss_text"] = 0.0 * sum(p.sum() for m in text_parts for p in m.parameters())
