@@ -5,9 +5,10 @@ words. The plain vector is their mean input embedding, which weighs every word a
 star left of the square" the square counts as much as the star, and on the built-in shapes 62 %
 of the wrong answers to such relations were the square (docs/results.md, "Run 18"). ``NamePool``
 weighs the words instead, each by a score read off the word and the two before it (a causal
-convolution over the input embeddings, each at unit RMS), so "square" after "left of the" can learn to count for
-little and "star" at the head for much, and "the leftmost blue circle" can keep its last word.
-The score's last layer starts at zero, so an untrained pool is exactly the mean.
+convolution over the input embeddings, each at unit RMS), so "square" after "left of the" can
+learn to count for little and "star" at the head for much, and "the leftmost blue circle" can
+keep its last word. The score's last layer starts at zero, so an untrained pool is exactly the
+mean.
 """
 
 from __future__ import annotations

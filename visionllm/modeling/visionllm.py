@@ -176,7 +176,8 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         return cls_logits, loc_logits
 
     def _name_embeddings(self, class_lists: list[list[str]], kmax: int) -> torch.Tensor:
-        """(b, Kmax, H) mean LLM input embedding of each class name's tokens (zeros past K).
+        """(b, Kmax, H) mean LLM input embedding of each class name's tokens (zeros past K),
+        weighted by ``name_pool`` where the model has one.
 
         Each name is tokenized after a space, so a word is the same token wherever it stands
         ("circle" alone and in "the red circle" alike)."""
