@@ -66,7 +66,8 @@ def grounding(results: list[dict], instances: Path | None) -> dict:
     out = {k: {"P@0.5": round(sum(v) / len(v), 3), "expressions": len(v)} for k, v in sorted(by_kind.items())}
     if instances is not None:
         boxes: dict[int, list] = {}
-        for a in json.loads(instances.read_text())["annotations"]:
+        coco = json.loads(instances.read_text())
+        for a in coco["annotations"]:
             x, y, w, h = a["bbox"]
             boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
         odds: dict[str, list[float]] = {}
@@ -79,7 +80,7 @@ def grounding(results: list[dict], instances: Path | None) -> dict:
         wrong = [r for r in results if not r["correct"] and r["bbox"] is not None]
         other = sum(any(box_iou(r["bbox"], b) >= 0.5 for b in boxes.get(r["image_id"], [])) for r in wrong)
         out["wrong_answers_on_another_object"] = round(other / len(wrong), 3) if wrong else 0.0
-        for k, shares in wrong_objects(wrong, json.loads(instances.read_text())).items():
+        for k, shares in wrong_objects(wrong, coco).items():
             out[k]["wrong_object"] = shares
     same = same_box_other_referent(results)
     if same is not None:
