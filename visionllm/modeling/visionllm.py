@@ -59,6 +59,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         copy_count: bool = False,
         count_loss: float = 0.0,
         name_pool: bool = False,
+        referent_loss: float = 0.0,
     ):
         super().__init__()
         self.image_tokenizer = image_tokenizer
@@ -119,6 +120,10 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
                                     singular_of=singular_forms(llm.tokenizer, llm.vocab.image) if copy_count else None,
                                     ) if named_copy else None
         self.none_weight = none_weight
+        # [ours] a referring answer's group taught to outscore the other groups (losses.answer_loss)
+        if referent_loss < 0:
+            raise ValueError(f"model.referent_loss is a loss weight, >= 0, not {referent_loss}")
+        self.referent_loss = float(referent_loss)
         if group_matching not in ("tokenizer", "hungarian"):
             raise ValueError(f"group_matching must be 'tokenizer' or 'hungarian', not {group_matching!r}")
         self.group_matching = group_matching
@@ -317,6 +322,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
                 is_box=n_pts == 2,
                 assignment=assignment.get(b),
                 none_weight=self.none_weight,
+                w_referent=self.referent_loss,
             )
             for k, val in parts.items():
                 sums[k] = sums[k] + val
