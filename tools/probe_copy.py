@@ -119,7 +119,7 @@ def probe(model, cfg, conversations: int, data_root: str | None = None) -> dict:
                 if copy is not None:
                     q_obj = model._questions([batch["instructions"][b]]) if model.text_readout is not None else None
                     hidden = model._read(out.last_hidden_state[:, -1:], q_obj, (v[b : b + 1], toks.pixels[b : b + 1]))[0]
-                    log_c, read = model._copy_tables(states, ids[b, :n], v[b], toks.layer_logits[-1, b], [asked])[asked]
+                    log_c, read = model._copy_tables(states, ids[b, :n], v[b], toks.layer_logits[-1, b], [asked])[asked][:2]
                     h = rms(hidden + read)
                     f = torch.sigmoid(copy.form(h))
                     c = f * log_c[0].exp() + (1 - f) * log_c[1].exp()

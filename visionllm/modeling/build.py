@@ -29,10 +29,12 @@ def build_visionllm(
     count_loss: float = 0.0,
     name_pool: bool = False,
     referent_loss: float = 0.0,
+    copy_follow: bool = False,
 ) -> VisionLLM:
     tokenizer = ImageTokenizer(backbone=backbone, text_encoder=text_encoder, **dict(image_tokenizer))
     return VisionLLM(image_tokenizer=tokenizer, llm=llm, none_weight=none_weight,
                      group_matching=group_matching, loss_weights=loss_weights, token_scale=token_scale,
                      text_readout=text_readout, token_names=token_names, token_names_layer=token_names_layer,
                      named_copy=named_copy, copy_where=copy_where, token_sides=token_sides, copy_count=copy_count,
-                     count_loss=count_loss, name_pool=name_pool, referent_loss=referent_loss)
+                     count_loss=count_loss, name_pool=name_pool, referent_loss=referent_loss,
+                     copy_follow=copy_follow)

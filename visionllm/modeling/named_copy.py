@@ -67,7 +67,8 @@ class NamedCopy(nn.Module):
     eps = 1e-6  # the floor of c: a word the copy does not offer is not ruled out
 
     def __init__(self, hidden_size: int, bare_of: torch.Tensor, where_feats: int = 0,
-                 count_ids: torch.Tensor | None = None, singular_of: torch.Tensor | None = None):
+                 count_ids: torch.Tensor | None = None, singular_of: torch.Tensor | None = None,
+                 follow: bool = False):
         """``bare_of`` (V,): for each text word id, the id of the same word without its leading
         space where the vocabulary has one (``bare_forms``), else the id itself; ``where_feats``
         > 0: the read also takes the pointed-at location, W_l sum_i alpha_i sine(l_i), with that
@@ -75,7 +76,8 @@ class NamedCopy(nn.Module):
         say the numbers 0 to K, in each of F forms (-1: none; ``count_forms``), for the count
         (None: no count); ``singular_of`` (V,): each word's singular where it is a plural of one
         token (``singular_forms``; " stars" -> " star"), so "how many stars?" names the stars
-        (None: every word as it is)."""
+        (None: every word as it is); ``follow``: the pointer that picks the copied words moves
+        along the answer, by a query from each position's state (``move``; zero at the start)."""
         super().__init__()
         self.num_words = int(bare_of.numel())
         self.register_buffer("bare_of", bare_of.long().clone(), persistent=False)  # from the tokenizer
@@ -100,6 +102,9 @@ class NamedCopy(nn.Module):
         self.read_where = nn.Linear(2 * self.where_feats, hidden_size, bias=False) if self.where_feats else None
         if self.read_where is not None:
             nn.init.zeros_(self.read_where.weight)
+        self.follow = nn.Linear(hidden_size, hidden_size, bias=False) if follow else None
+        if self.follow is not None:
+            nn.init.zeros_(self.follow.weight)
         if count_ids is None:
             self.count_ids = None
         else:
@@ -125,7 +130,9 @@ class NamedCopy(nn.Module):
         """For one question (its word token ids) over one image's M tokens: ``(log c (R, V),
         read (H,))``, the copy's word distribution (in-sentence forms, bare forms; with the count,
         a third row: log P(n = k) at the words of each number k, 0 elsewhere) and what is added
-        to each answer state before the head. ``named_logp`` (M, V) the head's
+        to each answer state before the head; with ``follow``, a third item, what ``move`` needs
+        to point again at each position (the sharpened fit (M,), ``named_logp``, the tokens at
+        unit RMS). ``named_logp`` (M, V) the head's
         log-probabilities at each token, ``tokens`` (M, H) the LLM's input tokens,
         ``objectness`` (M,) the tokenizer's logits, or None, ``where`` (M, 2) the tokens'
         locations l_i on the canvas (0 to 1), or None."""
@@ -163,7 +170,30 @@ class NamedCopy(nn.Module):
         read = read + self.read_score(torch.stack([fit.max(), torch.logsumexp(fit, 0)]))
         if self.read_where is not None and where is not None:
             read = read + self.read_where(log_alpha.exp() @ sine_embed(where.float(), self.where_feats))
+        if self.follow is not None:
+            return log_c, read, (fit * self.sharpness, named_logp, rms(tokens.float()))
         return log_c, read
+
+    def move(self, hidden: torch.Tensor, log_c: torch.Tensor, again: list) -> torch.Tensor:
+        """``log_c`` (P, R, V) with its in-sentence and bare rows pointed again at each of P
+        answer positions: alpha_t = softmax_i(tau m_i + (W rms(h_t)) . rms(v_i) / sqrt(H)), ``hidden``
+        (P, H) their states, ``again`` each position's third item of ``lookup``. A question's
+        pointer is one for its whole answer; a caption names nothing, so its pointer is the
+        likeliest object's, and every object it writes took that object's words ("a yellow
+        triangle in the top right corner, a yellow triangle", run 19). W starts at zero, so the
+        pointer starts as the question's."""
+        query = self.follow(rms(hidden.float())) / math.sqrt(hidden.shape[-1])  # (P, H)
+        groups: dict = {}
+        for p, item in enumerate(again):  # positions of one question share its tables
+            groups.setdefault(id(item), (item, []))[1].append(p)
+        out = log_c.clone()
+        for (fit, named_logp, keys), at in groups.values():
+            at = torch.tensor(at, device=hidden.device)
+            alpha = (fit[None] + query[at] @ keys.T).softmax(-1)  # (p, M)
+            c = alpha @ named_logp.exp()  # (p, V): a matmul, not a (p, M, V) logsumexp
+            bare = c.new_zeros(c.shape).index_add(1, self.bare_of, c)
+            out[at, :2] = torch.stack([c, bare], 1).clamp_min(1e-30).log()
+        return out
 
     def mix(self, hidden: torch.Tensor, logits: torch.Tensor, copy_logp: torch.Tensor) -> torch.Tensor:
         """(P, V_all) next-word log-probabilities at P answer positions: ``hidden`` (P, H) their

@@ -110,7 +110,9 @@ class TokenNaming:
 
     def _copy_logp(self, hidden: torch.Tensor, tables: list) -> torch.Tensor:
         """(P, V_all) next-word log-probabilities at P answer positions, ``hidden`` (P, H), each
-        with its question's copy table (log c, read)."""
-        log_c = torch.stack([c for c, _ in tables])
-        hidden = hidden + torch.stack([r for _, r in tables]).to(hidden.dtype)
+        with its question's copy table (log c, read[, what the pointer needs to follow])."""
+        log_c = torch.stack([t[0] for t in tables])
+        if self.named_copy.follow is not None:
+            log_c = self.named_copy.move(hidden, log_c, [t[2] for t in tables])
+        hidden = hidden + torch.stack([t[1] for t in tables]).to(hidden.dtype)
         return self.named_copy.mix(hidden, self.llm.logits(hidden), log_c)

@@ -60,6 +60,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         count_loss: float = 0.0,
         name_pool: bool = False,
         referent_loss: float = 0.0,
+        copy_follow: bool = False,
     ):
         super().__init__()
         self.image_tokenizer = image_tokenizer
@@ -106,6 +107,9 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         if copy_count and not named_copy:
             raise ValueError("model.copy_count counts the tokens the named copy's question names: it needs "
                              "model.named_copy=true")
+        if copy_follow and not named_copy:
+            raise ValueError("model.copy_follow moves the named copy's pointer along an answer: it needs "
+                             "model.named_copy=true")
         if count_loss and not copy_count:
             raise ValueError("model.count_loss teaches the count of model.copy_count, which is off")
         # [ours] the count's own distribution also learns the number answers directly, weighted
@@ -118,7 +122,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         self.named_copy = NamedCopy(H, bare_forms(llm.tokenizer, llm.vocab.image),
                                     where_feats=d // 2 if copy_where else 0, count_ids=count_ids,
                                     singular_of=singular_forms(llm.tokenizer, llm.vocab.image) if copy_count else None,
-                                    ) if named_copy else None
+                                    follow=copy_follow) if named_copy else None
         self.none_weight = none_weight
         # [ours] a referring answer's group taught to outscore the other groups (losses.answer_loss)
         if referent_loss < 0:
