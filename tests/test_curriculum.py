@@ -80,6 +80,42 @@ def test_a_later_phase_draws_tasks_by_its_own_weights(shapes_root, tmp_path):
     assert {ds[i]["meta"]["task"] for i in range(6)} == {"detection"}
 
 
+def test_a_phase_changes_the_loss_weights_from_its_step_on(shapes_root, tmp_path):
+    """A loss that starts late: model.loss_weights holds it at 0, a phase from 0.5 sets it to 1;
+    the log shows it zero for the first half of the run and not after."""
+    import json
+
+    from visionllm.engine import tasks
+    from visionllm.engine.train import train
+
+    cfg = tiny_train_cfg(shapes_root, tmp_path, [
+        "task=grounding", "task.eval=[]", "trainer.max_steps=4", "trainer.eval_every=0", "model.referent_loss=1.0",
+        "+model.loss_weights.loss_referent=0", "+task.phases=[{from: 0.5, loss_weights: {loss_referent: 1.0}}]"])
+    phases = tasks.loss_weight_phases(cfg)
+    assert phases == [(0.5, {"loss_referent": 1.0})]
+    base = {"loss_referent": 0.0, "loss_text": 2.0}
+    assert tasks.loss_weights_at(base, phases, 0.49) == base
+    assert tasks.loss_weights_at(base, phases, 0.5) == {"loss_referent": 1.0, "loss_text": 2.0}
+    assert tasks.mixture_phases(cfg) == [(0.5, {k: float(v) for k, v in cfg.task.mixture.items()})]
+    train(cfg)
+    hist = [h for h in json.loads((tmp_path / "history.json").read_text()) if "loss" in h]
+    assert [h["step"] for h in hist] == [1, 2, 3, 4]
+    assert [h["loss_referent"] > 0 for h in hist] == [False, False, True, True]
+
+
+@pytest.mark.parametrize("phases, match", [
+    ("[{from: 0.5, loss_weights: {referent: 1}}]", "named as the training log"),
+    ("[{from: 0.5, loss_weights: {loss_referent: -1}}]", ">= 0"),
+    ("[{from: 0.5}]", "either or both"),
+])
+def test_a_malformed_loss_phase_is_an_error(shapes_root, tmp_path, phases, match):
+    from visionllm.engine import tasks
+
+    cfg = tiny_train_cfg(shapes_root, tmp_path, ["task=all", f"+task.phases={phases}"])
+    with pytest.raises(ValueError, match=match):
+        tasks.loss_weight_phases(cfg)
+
+
 @pytest.mark.parametrize("phases, match", [
     ("[{from: 0.5, mixture: {captions: 1}}]", "unknown task"),
     ("[{from: 0.5, weights: {caption: 1}}]", "expected"),

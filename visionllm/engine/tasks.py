@@ -89,22 +89,61 @@ def training_set(cfg: DictConfig) -> tuple[Mixture, list[str]]:
     return Mixture(sets, weights, seed=cfg.seed, curricula=curricula(cfg, sets), phases=phases), vocabulary
 
 
+def _phases(cfg: DictConfig) -> list[dict]:
+    """``cfg.task.phases`` as plain dicts, each checked for its form."""
+    node = OmegaConf.select(cfg, "task.phases")
+    phases = OmegaConf.to_container(node, resolve=True) if node else []
+    for i, phase in enumerate(phases):
+        parts = {"mixture", "loss_weights"} & set(phase) if isinstance(phase, dict) else set()
+        if (not parts or "from" not in phase or set(phase) - {"from", "mixture", "loss_weights"}
+                or not all(isinstance(phase[k], dict) for k in parts)):
+            raise ValueError(f"task.phases[{i}]: expected {{from: fraction, mixture: {{task: weight, ...}}, "
+                             f"loss_weights: {{loss_name: weight, ...}}}} (either or both), got {phase!r}")
+    return phases
+
+
 def mixture_phases(cfg: DictConfig) -> list[tuple[float, dict[str, float]]]:
     """``cfg.task.phases``: ``[{from: fraction, mixture: {task: weight, ...}}, ...]``; from that
     fraction of the run on, tasks are drawn by ``task.mixture`` updated with the phase's weights
     (a task it does not name keeps its weight)."""
-    node = OmegaConf.select(cfg, "task.phases")
     out = []
-    for i, phase in enumerate(OmegaConf.to_container(node, resolve=True) if node else []):
-        if not isinstance(phase, dict) or set(phase) != {"from", "mixture"} or not isinstance(phase["mixture"], dict):
-            raise ValueError(f"task.phases[{i}]: expected {{from: fraction, mixture: {{task: weight, ...}}}}, got {phase!r}")
-        unknown = [k for k in phase["mixture"] if k not in TASKS]
+    for i, phase in enumerate(_phases(cfg)):
+        mixture = phase.get("mixture", {})
+        unknown = [k for k in mixture if k not in TASKS]
         if unknown:
             raise ValueError(f"task.phases[{i}].mixture: unknown task(s) {unknown}; known: {', '.join(TASKS)}")
         weights = {k: float(v) for k, v in cfg.task.mixture.items()}
-        weights.update({k: float(v) for k, v in phase["mixture"].items()})
+        weights.update({k: float(v) for k, v in mixture.items()})
         out.append((float(phase["from"]), weights))
     return out
+
+
+def loss_weight_phases(cfg: DictConfig) -> list[tuple[float, dict[str, float]]]:
+    """``task.phases``' ``loss_weights: {loss_name: weight}``: from that fraction of the run on,
+    the model's loss weights are ``model.loss_weights`` updated with the phase's (so a loss can
+    start late: ``model.loss_weights.loss_referent=0`` and a phase that sets it to 1)."""
+    out = []
+    for i, phase in enumerate(_phases(cfg)):
+        weights = phase.get("loss_weights")
+        if weights is None:
+            continue
+        bad = [k for k, v in weights.items()
+               if not str(k).startswith("loss_") or not isinstance(v, (int, float)) or v < 0]
+        if bad:
+            raise ValueError(f"task.phases[{i}].loss_weights: {bad}: a loss is named as the training log "
+                             "names it (loss_...), and its weight is a number >= 0")
+        out.append((float(phase["from"]), {k: float(v) for k, v in weights.items()}))
+    return out
+
+
+def loss_weights_at(base: dict, phases: list[tuple[float, dict[str, float]]], progress: float) -> dict:
+    """The loss weights at ``progress`` (the fraction of the run done): ``base`` updated by the
+    latest phase begun, as the mixture's phases are."""
+    weights = dict(base)
+    for start, phase in sorted(phases, key=lambda p: p[0]):
+        if progress >= start:
+            weights = {**base, **phase}
+    return weights
 
 
 def curricula(cfg: DictConfig, sets: dict[str, TaskSet]) -> dict[str, Curriculum]:

@@ -233,6 +233,12 @@ def train(cfg: DictConfig) -> dict:
     bf16 = OmegaConf.select(cfg, "trainer.precision", default="fp32") == "bf16"
     keep = int(OmegaConf.select(cfg, "trainer.keep_checkpoints", default=2))
 
+    # task.phases may change the model's loss weights from some fraction of the run on
+    loss_phases = tasks.loss_weight_phases(cfg)
+    if loss_phases and not hasattr(model, "loss_weights"):
+        raise ValueError("task.phases: loss_weights are for a model with loss weights (model.loss_weights); "
+                         f"{type(model).__name__} has none")
+    base_loss_weights = dict(getattr(model, "loss_weights", {}))
     bar = tqdm(total=tc.max_steps, initial=step, desc="train", dynamic_ncols=True, mininterval=1.0, disable=not dist.is_main)
     t0, seen, micro = time.time(), 0, 0
     scst_stats: dict[str, list[float]] = {}  # since the last log line
@@ -251,6 +257,8 @@ def train(cfg: DictConfig) -> dict:
             if scst is not None and scst.active(step):
                 batch, stats = scst.expand(model, batch)
                 scst_stats = {k: scst_stats.get(k, []) + [v] for k, v in stats.items()} if stats else scst_stats
+            if loss_phases:  # from the step, so a resumed run weighs as an uninterrupted one
+                model.loss_weights = tasks.loss_weights_at(base_loss_weights, loss_phases, step / tc.max_steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 losses = net(batch)
             loss = losses["loss"]
