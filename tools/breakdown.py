@@ -65,11 +65,9 @@ def grounding(results: list[dict], instances: Path | None) -> dict:
         by_kind.setdefault(expression_kind(r["expression"]), []).append(bool(r["correct"]))
     out = {k: {"P@0.5": round(sum(v) / len(v), 3), "expressions": len(v)} for k, v in sorted(by_kind.items())}
     if instances is not None:
-        boxes: dict[int, list] = {}
         coco = json.loads(instances.read_text())
-        for a in coco["annotations"]:
-            x, y, w, h = a["bbox"]
-            boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+        objects = image_objects(coco)
+        boxes = {i: [o[0] for o in objs] for i, objs in objects.items()}
         odds: dict[str, list[float]] = {}
         for r in results:
             n = len(boxes.get(r["image_id"], []))
@@ -80,7 +78,7 @@ def grounding(results: list[dict], instances: Path | None) -> dict:
         wrong = [r for r in results if not r["correct"] and r["bbox"] is not None]
         other = sum(any(box_iou(r["bbox"], b) >= 0.5 for b in boxes.get(r["image_id"], [])) for r in wrong)
         out["wrong_answers_on_another_object"] = round(other / len(wrong), 3) if wrong else 0.0
-        for k, shares in wrong_objects(wrong, coco).items():
+        for k, shares in wrong_objects(wrong, objects, coco).items():
             out[k]["wrong_object"] = shares
     same = same_box_other_referent(results)
     if same is not None:
@@ -93,16 +91,22 @@ def phrase(words: list[str], colours: set[str], shapes: set[str]) -> tuple[str |
     return next((w for w in words if w in colours), None), next((w for w in words if w in shapes), None)
 
 
-def wrong_objects(wrong: list[dict], instances: dict) -> dict[str, dict[str, float]]:
-    """Per expression kind, where wrong answers that sit on another object (IoU >= 0.5) landed:
-    {"look_alike", "anchor", "other"} shares (see the module's doc)."""
+def image_objects(instances: dict) -> dict[int, list[tuple[list[float], set[str], str | None]]]:
+    """Per image id, its objects as (xyxy box, attribute words, category name)."""
     names = {c["id"]: c["name"] for c in instances.get("categories", [])}
     objects: dict[int, list] = {}
     for a in instances["annotations"]:
         x, y, w, h = a["bbox"]
         objects.setdefault(a["image_id"], []).append(([x, y, x + w, y + h], set(a.get("attributes", [])), names.get(a.get("category_id"))))
+    return objects
+
+
+def wrong_objects(wrong: list[dict], objects: dict, instances: dict) -> dict[str, dict[str, float]]:
+    """Per expression kind, where wrong answers that sit on another object (IoU >= 0.5) landed:
+    {"look_alike", "anchor", "other"} shares (see the module's doc); ``objects`` from
+    ``image_objects(instances)``."""
     colours = {c for objs in objects.values() for _, attrs, _ in objs for c in attrs}
-    shapes = set(names.values())
+    shapes = {c["name"] for c in instances.get("categories", [])}
 
     def fits(obj, named) -> bool:
         colour, shape = named
