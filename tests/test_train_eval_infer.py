@@ -15,6 +15,7 @@ from visionllm.api import VisionLLM
 from visionllm.engine.checkpoint import load_model
 from visionllm.engine.train import train
 from visionllm.evaluation.detection import evaluate_detection
+from visionllm.vocab import LOC_HALF
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = ("Find every object of {'circle': <c0>, 'star': <c1>, 'what is the odd one out?': <c2>} in <image>, "
@@ -83,6 +84,19 @@ def test_checkpoint_round_trip_predicts_the_same(trained, shapes_root, tmp_path)
     model2, _ = load_model(moved)  # ...which the checkpoint does not need
     m2, res2, _ = evaluate_detection(model2, reader, image_size=cfg.data.image_size, chunk=8, batch_size=4, max_images=3, progress=False)
     assert res1 == res2 and m1 == m2
+    # each group's two likeliest classes: every first answer again, and one more a group
+    m3, res3, _ = evaluate_detection(model, reader, image_size=cfg.data.image_size, chunk=8, batch_size=4, max_images=3,
+                                     progress=False, classes_per_group=2)
+    key = lambda r: (r["image_id"], r["category_id"], tuple(round(v, 4) for v in r["bbox"]), round(r["score"], 5))  # noqa: E731
+    assert len(res3) == 2 * len(res1) and {key(r) for r in res1} <= {key(r) for r in res3}
+    # coordinates read around the likeliest bin: the same answers, each corner within the window
+    _, res4, _ = evaluate_detection(model, reader, image_size=cfg.data.image_size, chunk=8, batch_size=4, max_images=3,
+                                    progress=False, location_window=4)
+    assert [(r["category_id"], r["score"]) for r in res4] == [(r["category_id"], r["score"]) for r in res1]
+    side = max(max(im["width"], im["height"]) for im in reader.coco.dataset["images"])
+    corners = lambda r: torch.tensor([r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]])  # noqa: E731
+    shift = torch.stack([(corners(a) - corners(b)).abs() for a, b in zip(res1, res4)])
+    assert shift.max() <= 4 / LOC_HALF * side + 1e-3 and shift.max() > 0
     assert 0.0 <= m1["bbox_AP"] <= 1.0 and "Average Precision" in table
     # results are a COCO results file
     dt = reader.coco.loadRes(res1)

@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 TASKS = ("detection", "segmentation", "grounding", "caption", "vqa")
 
 DEFAULTS = {
-    "detection": {"max_classes": 32, "eval_chunk": 32, "flip": True, "described": 0.0},
+    "detection": {"max_classes": 32, "eval_chunk": 32, "flip": True, "described": 0.0, "eval_classes_per_group": 3,
+                  "eval_location_window": 0},
     "segmentation": {"max_classes": 32, "eval_chunk": 32, "flip": True, "points": [8, 12, 16, 20, 24], "eval_points": 16,
-                     "described": 0.0},
+                     "described": 0.0, "eval_classes_per_group": 3, "eval_location_window": 0},
     "grounding": {"rank": "class"},
     "caption": {"candidates": 1, "temperature": 0.7, "scst": None, "no_repeat_ngram": 0, "target": "random",
                 "eval_instruction": None},
@@ -181,10 +182,13 @@ def evaluate(model, cfg: DictConfig, name: str, val_reader, *, batch_size: int, 
     opts = task_options(cfg, name)
     size = cfg.data.image_size
     common = {"image_size": size, "batch_size": batch_size, "max_images": max_images, "progress": progress}
+    if name in ("detection", "segmentation"):
+        common.update(chunk=chunk or opts["eval_chunk"], classes_per_group=int(opts["eval_classes_per_group"]),
+                      location_window=int(opts["eval_location_window"]))
     if name == "detection":
-        return evaluate_detection(model, val_reader, chunk=chunk or opts["eval_chunk"], **common)
+        return evaluate_detection(model, val_reader, **common)
     if name == "segmentation":
-        return evaluate_segmentation(model, val_reader, chunk=chunk or opts["eval_chunk"], num_points=opts["eval_points"], **common)
+        return evaluate_segmentation(model, val_reader, num_points=opts["eval_points"], **common)
     if name == "grounding":
         return evaluate_grounding(model, val_reader, rank=opts["rank"], **common)
     if name == "caption":

@@ -12,14 +12,18 @@ import io
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from visionllm.evaluation.loop import num_images, predict_batches
+from visionllm.evaluation.loop import location_options, num_images, predict_batches
 from visionllm.tasks import detection
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 
 
-def predict_detections(model, reader, *, image_size: int, chunk: int, batch_size: int, max_images=None, progress=True):
-    """Run the model over the reader; return COCO results (a list of dicts) and the image ids seen."""
+def predict_detections(model, reader, *, image_size: int, chunk: int, batch_size: int, max_images=None, progress=True,
+                       classes_per_group: int = 1, location_window: int = 0):
+    """Run the model over the reader; return COCO results (a list of dicts) and the image ids seen.
+    ``classes_per_group`` > 1: each group answers with its that many likeliest classes
+    (``tasks.group_answers``); COCO keeps the 100 best answers of an image. ``location_window``
+    > 0: coordinates read around the likeliest bin (``VisionLLM.predict``)."""
     cats = reader.categories
     names = [c["name"] for c in cats]
     name_to_cat = {c["name"]: c["id"] for c in cats}
@@ -32,8 +36,8 @@ def predict_detections(model, reader, *, image_size: int, chunk: int, batch_size
             yield from detection.eval_samples(record, class_names=names, image_size=image_size, chunk=chunk)
 
     results = []
-    for s, out in predict_batches(model, samples(), batch_size):
-        objs = detection.to_objects(out, s["request"], s["meta"])
+    for s, out in predict_batches(model, samples(), batch_size, **location_options(location_window)):
+        objs = detection.to_objects(out, s["request"], s["meta"], classes_per_group=classes_per_group)
         results.extend(detection.to_coco_results(objs[:100], s["meta"]["image_id"], name_to_cat))
     return results, image_ids
 

@@ -40,3 +40,9 @@ def predict_batches(model, samples: Iterable[dict], batch_size: int, **predict_o
 
 def num_images(reader, max_images) -> int:
     return len(reader) if max_images is None else min(len(reader), max_images)
+
+
+def location_options(window: int) -> dict:
+    """``model.predict``'s options for a location window: none for the default (the likeliest bin),
+    so models without the option (the specialist) are asked as before."""
+    return {"location_window": int(window)} if window else {}

@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 from tqdm import tqdm
 
 from visionllm.evaluation.detection import coco_box_metrics
-from visionllm.evaluation.loop import num_images, predict_batches
+from visionllm.evaluation.loop import location_options, num_images, predict_batches
 from visionllm.tasks import segmentation
 
 
@@ -29,9 +29,11 @@ def _annotation_copy(coco: COCO) -> COCO:
 
 
 def predict_segments(
-    model, reader, *, image_size: int, chunk: int, batch_size: int, max_images=None, num_points: int = 16, progress=True
+    model, reader, *, image_size: int, chunk: int, batch_size: int, max_images=None, num_points: int = 16, progress=True,
+    classes_per_group: int = 1, location_window: int = 0,
 ) -> tuple[list[dict], list[int]]:
-    """COCO segmentation results (RLE, at most 100 per image) and the image ids seen."""
+    """COCO segmentation results (RLE, at most 100 per image) and the image ids seen;
+    ``classes_per_group`` and ``location_window`` as for ``predict_detections``."""
     cats = reader.categories
     names = [c["name"] for c in cats]
     name_to_cat = {c["name"]: c["id"] for c in cats}
@@ -47,9 +49,10 @@ def predict_segments(
             )
 
     sizes: dict[int, tuple[int, int]] = {}
-    for s, out in predict_batches(model, samples(), batch_size):
+    for s, out in predict_batches(model, samples(), batch_size, **location_options(location_window)):
         meta = s["meta"]
-        per_image.setdefault(meta["image_id"], []).extend(segmentation.to_objects(out, s["request"], meta))
+        objs = segmentation.to_objects(out, s["request"], meta, classes_per_group=classes_per_group)
+        per_image.setdefault(meta["image_id"], []).extend(objs)
         sizes[meta["image_id"]] = (meta["height"], meta["width"])
     results = []
     for image_id, objs in per_image.items():
@@ -60,19 +63,9 @@ def predict_segments(
     return results, image_ids
 
 
-def evaluate_segmentation(
-    model, reader, *, image_size: int, chunk: int = 32, batch_size: int = 8, max_images=None, num_points: int = 16, progress=True
-) -> tuple[dict, list[dict], str]:
-    """-> ({"segm_AP", "segm_AP50", ... the 12 COCO numbers}, results, the printed table)."""
-    results, image_ids = predict_segments(
-        model,
-        reader,
-        image_size=image_size,
-        chunk=chunk,
-        batch_size=batch_size,
-        max_images=max_images,
-        num_points=num_points,
-        progress=progress,
-    )
+def evaluate_segmentation(model, reader, **kw) -> tuple[dict, list[dict], str]:
+    """-> ({"segm_AP", "segm_AP50", ... the 12 COCO numbers}, results, the printed table); ``kw``
+    as for ``predict_segments``."""
+    results, image_ids = predict_segments(model, reader, **kw)
     metrics, table = coco_box_metrics(_annotation_copy(reader.coco), results, image_ids, prefix="segm")
     return metrics, results, table

@@ -86,6 +86,24 @@ def expected_offsets(loc_logits: torch.Tensor) -> torch.Tensor:
     return loc_logits.softmax(-1) @ bins
 
 
+def read_offsets(loc_logits: torch.Tensor, window: int = 0) -> torch.Tensor:
+    """(..., 1025) logits -> (...) offset in [-1, 1] that a location slot answers: the likeliest
+    bin (window 0, METHOD.md §5), or the expected offset over the bins within ``window`` of it,
+    their probabilities renormalized. The slots are trained on a two-hot target and on the
+    expected offset (L1, GIoU), so the mass next to the likeliest bin says where between bins the
+    answer lies; a window keeps a second mode (a polygon point unsure which corner it is) out of
+    the mean."""
+    if window < 0:
+        raise ValueError(f"the location window is a number of bins, at least 0, not {window}")
+    top = loc_logits.argmax(-1, keepdim=True)
+    if window == 0:
+        return (top[..., 0] - LOC_HALF).float() / LOC_HALF
+    bins = torch.arange(2 * LOC_HALF + 1, device=loc_logits.device)
+    near = (bins - top).abs() <= window
+    p = loc_logits.float().masked_fill(~near, float("-inf")).softmax(-1)
+    return (p @ (bins.float() - LOC_HALF)) / LOC_HALF
+
+
 def answer_loss(
     cls_logits: torch.Tensor,  # (M, K+1): K instruction classes, then no-object
     loc_logits: torch.Tensor,  # (M, 2N, 1025)

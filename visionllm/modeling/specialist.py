@@ -95,8 +95,9 @@ class DetrSpecialist(nn.Module):
             if unknown:
                 raise ValueError(f"the specialist knows only its training categories; unknown: {unknown}")
             cols = torch.tensor([self.categories.index(c) for c in req.classes], device=logits.device)
-            scores, labels = logits[b][:, cols].sigmoid().max(-1)
-            out.append({"labels": labels, "scores": scores, "points": boxes[b].view(-1, 2, 2)})
+            probs = logits[b][:, cols].sigmoid()
+            scores, labels = probs.max(-1)
+            out.append({"labels": labels, "scores": scores, "points": boxes[b].view(-1, 2, 2), "probs": probs})
         return out
 
 

@@ -18,7 +18,7 @@ from visionllm.modeling.deformable import MLP, sine_embed
 from visionllm.modeling.generation import TextWriting
 from visionllm.modeling.image_tokenizer import ImageTokenizer
 from visionllm.modeling.llm import LLM
-from visionllm.modeling.losses import answer_loss, global_counts, tokenizer_loss
+from visionllm.modeling.losses import answer_loss, global_counts, read_offsets, tokenizer_loss
 from visionllm.modeling.name_pool import NamePool
 from visionllm.modeling.named_copy import NamedCopy, bare_forms, count_forms, singular_forms
 from visionllm.modeling.naming import TokenNaming, image_extent, side_words
@@ -430,14 +430,17 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
 
     @torch.no_grad()
     def predict(self, batch: dict, *, max_new_tokens: int = 64, temperature: float = 0.0,
-                generator: torch.Generator | None = None, samples: int = 1, no_repeat_ngram: int = 0) -> list[dict]:
+                generator: torch.Generator | None = None, samples: int = 1, no_repeat_ngram: int = 0,
+                location_window: int = 0) -> list[dict]:
         """Per sample: structured -> {"labels" (M,), "scores" (M,), "points" (M, N, 2) canvas-normalized,
-        "objectness" (M,): the image tokenizer's own score of each token, which for a grounding
+        "probs" (M, K): each group's probability of each of the instruction's classes, "objectness" (M,): the image tokenizer's own score of each token, which for a grounding
         instruction is trained on the referred object alone}; text -> {"text": str}, greedy, or
         sampled at ``temperature`` > 0 (from ``generator``); with ``samples`` > 1 (sampled only)
         also "texts", that many drawn together from one pass over the prefix ("text" the first),
         and "token_ids", the ids each was drawn as. ``no_repeat_ngram`` n > 0: no text repeats a
-        run of n tokens (the word that would close a repeat is never chosen)."""
+        run of n tokens (the word that would close a repeat is never chosen). ``location_window`` w > 0: a
+        coordinate is the expected offset over the w bins either side of its likeliest bin
+        (``losses.read_offsets``), not that bin alone."""
         if samples > 1 and temperature <= 0:
             raise ValueError(f"{samples} samples of each text need a temperature above 0, not {temperature}")
         requests = batch["requests"]
@@ -448,11 +451,11 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
             cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, idx, n_pts, requests)
             probs = cls_logits.softmax(-1)[..., :-1]  # drop no-object
             scores, labels = probs.max(-1)  # (b, M)
-            offsets = (loc_logits.argmax(-1) - LOC_HALF).float() / LOC_HALF  # (b, M, 2N)
+            offsets = read_offsets(loc_logits, location_window)  # (b, M, 2N)
             for row, b in enumerate(idx):
                 pts = anchors[b].repeat(1, n_pts) + offsets[row]
                 out[b] = {"labels": labels[row], "scores": scores[row], "points": pts.view(-1, n_pts, 2),
-                          "objectness": toks.layer_logits[-1, b].sigmoid()}
+                          "probs": probs[row], "objectness": toks.layer_logits[-1, b].sigmoid()}
         for b, r in enumerate(requests):
             if not r.structured:
                 n = int(valid[b].sum())

@@ -16,7 +16,7 @@ The sample a task builds (and ``visionllm.data.transforms.collate`` batches)::
      "meta": {"image_id", "width", "height", "canvas_scale", ...}}
 
 ``VisionLLM.predict`` answers, per sample: structured -> {"labels" (M,), "scores" (M,),
-"points" (M, N, 2) canvas-normalized}; text -> {"text": str}.
+"points" (M, N, 2) canvas-normalized, "probs" (M, K)}; text -> {"text": str}.
 """
 
 
@@ -39,3 +39,21 @@ def chunked_samples(record: dict, class_names: list[str], *, image_size: int, ch
         out.append({"image": canvas, "pixel_mask": mask, "instruction": instruction(names),
                     "request": request(names), "meta": sample_meta(record, scale)})
     return out
+
+
+def group_answers(groups: dict, classes_per_group: int = 1):
+    """(class index, score, points) of each answer in a structured output: each group's likeliest
+    class, or with ``classes_per_group`` k > 1 its k likeliest (from ``groups["probs"]``), each
+    with its own probability as the score and the group's points. More than one class a group is
+    the ranking Deformable DETR's evaluation uses (the best query-class pairs): a group unsure
+    between two look-alike classes then answers with both, the second at its lower score, and
+    COCO AP, which ranks by score, counts whichever is right."""
+    if classes_per_group < 1:
+        raise ValueError(f"classes_per_group must be at least 1, not {classes_per_group}")
+    if classes_per_group == 1 or "probs" not in groups:
+        yield from zip(groups["labels"].tolist(), groups["scores"].tolist(), groups["points"])
+        return
+    scores, labels = groups["probs"].topk(min(classes_per_group, groups["probs"].shape[-1]), dim=-1)
+    for pts, ks, ss in zip(groups["points"], labels.tolist(), scores.tolist()):
+        for k, score in zip(ks, ss):
+            yield k, score, pts

@@ -14,7 +14,7 @@ import torch
 
 from visionllm.data.coco import object_name
 from visionllm.data.transforms import hflip_objects, letterbox
-from visionllm.tasks import chunked_samples, sample_meta
+from visionllm.tasks import chunked_samples, group_answers, sample_meta
 from visionllm.tasks.instructions import (
     DEFAULT_RANGE,
     Request,
@@ -162,11 +162,11 @@ def eval_samples(record: dict, *, class_names: list[str], image_size: int, chunk
     )
 
 
-def to_objects(groups: dict, request: Request, meta: dict, score_threshold: float = 0.0) -> list[dict]:
+def to_objects(groups: dict, request: Request, meta: dict, score_threshold: float = 0.0, classes_per_group: int = 1) -> list[dict]:
     """The model's groups of one sample -> objects with pixel boxes of the original image."""
     objs = []
     scale, W, H = meta["canvas_scale"], meta["width"], meta["height"]
-    for k, score, pts in zip(groups["labels"].tolist(), groups["scores"].tolist(), groups["points"]):
+    for k, score, pts in group_answers(groups, classes_per_group):
         if score < score_threshold:
             continue
         x1, y1, x2, y2 = (pts.flatten() * scale).tolist()

@@ -16,7 +16,7 @@ from pycocotools import mask as mask_utils
 
 from visionllm.data.coco import object_name
 from visionllm.data.transforms import hflip_objects, letterbox
-from visionllm.tasks import chunked_samples, sample_meta
+from visionllm.tasks import chunked_samples, group_answers, sample_meta
 from visionllm.tasks.detection import DescribedNames, class_set
 from visionllm.tasks.instructions import DEFAULT_RANGE, Request, answer_text, format_classes
 from visionllm.tasks.polygons import object_polygon
@@ -139,12 +139,12 @@ def eval_samples(
     )
 
 
-def to_objects(groups: dict, request: Request, meta: dict, score_threshold: float = 0.0) -> list[dict]:
+def to_objects(groups: dict, request: Request, meta: dict, score_threshold: float = 0.0, classes_per_group: int = 1) -> list[dict]:
     """The model's groups of one sample -> objects with a pixel polygon [[x, y], ...] of the
     original image (clipped to it) and its bounds as ``bbox`` xyxy."""
     scale, W, H = meta["canvas_scale"], meta["width"], meta["height"]
     objs = []
-    for k, score, pts in zip(groups["labels"].tolist(), groups["scores"].tolist(), groups["points"]):
+    for k, score, pts in group_answers(groups, classes_per_group):
         if score < score_threshold:
             continue
         p = pts.detach().float().cpu().numpy().reshape(-1, 2) * scale
