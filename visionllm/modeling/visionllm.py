@@ -433,14 +433,15 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
                 generator: torch.Generator | None = None, samples: int = 1, no_repeat_ngram: int = 0,
                 location_window: int = 0) -> list[dict]:
         """Per sample: structured -> {"labels" (M,), "scores" (M,), "points" (M, N, 2) canvas-normalized,
-        "probs" (M, K): each group's probability of each of the instruction's classes, "objectness" (M,): the image tokenizer's own score of each token, which for a grounding
+        "probs" (M, K): each group's probability of each of the instruction's classes,
+        "objectness" (M,): the image tokenizer's own score of each token, which for a grounding
         instruction is trained on the referred object alone}; text -> {"text": str}, greedy, or
         sampled at ``temperature`` > 0 (from ``generator``); with ``samples`` > 1 (sampled only)
         also "texts", that many drawn together from one pass over the prefix ("text" the first),
         and "token_ids", the ids each was drawn as. ``no_repeat_ngram`` n > 0: no text repeats a
-        run of n tokens (the word that would close a repeat is never chosen). ``location_window`` w > 0: a
-        coordinate is the expected offset over the w bins either side of its likeliest bin
-        (``losses.read_offsets``), not that bin alone."""
+        run of n tokens (the word that would close a repeat is never chosen). ``location_window``
+        w > 0: a coordinate is the expected offset over the w bins either side of its likeliest
+        bin (``losses.read_offsets``), not that bin alone."""
         if samples > 1 and temperature <= 0:
             raise ValueError(f"{samples} samples of each text need a temperature above 0, not {temperature}")
         requests = batch["requests"]
