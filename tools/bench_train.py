@@ -1,6 +1,10 @@
 """Training throughput: samples/s and peak memory of real training steps, per experiment.
 
     python tools/bench_train.py [--experiments shapes_tiny shapes] [--steps 20] [--warmup 3] [data.root=DIR]
+                                [--against model.group_attention=dense ...]
+
+With ``--against OVERRIDES``, each experiment is also timed with those overrides added, on the
+same batches, and the ratio of the two is printed (one run, side by side).
 
 Each experiment runs in its own process (a clean peak-memory reading): the model and a
 batch mixture built from the config exactly as tools/train.py builds them, then timed
@@ -70,23 +74,37 @@ def main() -> None:
     ap.add_argument("--experiments", nargs="+", default=["shapes_tiny", "shapes"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--against", nargs="+", default=[], metavar="OVERRIDE",
+                    help="also time each experiment with these overrides, and print the ratio")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args, overrides = ap.parse_known_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(args.worker, args.steps, args.warmup, overrides)))
         return
-    rows = []
-    for exp in args.experiments:
-        cmd = [sys.executable, __file__, "--worker", exp, "--steps", str(args.steps), "--warmup", str(args.warmup), *overrides]
+
+    def run(exp: str, extra: list[str]) -> dict:
+        cmd = [sys.executable, __file__, "--worker", exp, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               *overrides, *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), check=False)
         res = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not res:
-            sys.exit(f"{exp} failed:\n{proc.stderr[-3000:]}")
-        rows.append(res[0])
-    print(f"{'experiment':<14}{'tasks':<44}{'batch':>6}{'params M':>10}{'s/step':>9}{'samples/s':>11}{'peak MiB':>10}")
+            sys.exit(f"{exp} {' '.join(extra)} failed:\n{proc.stderr[-3000:]}")
+        return res[0] | {"variant": " ".join(extra) or "as configured"}
+
+    rows = []
+    for exp in args.experiments:
+        rows.append(run(exp, []))
+        if args.against:
+            rows.append(run(exp, args.against))
+    print(f"{'experiment':<14}{'variant':<32}{'tasks':<44}{'batch':>6}{'params M':>10}{'s/step':>9}{'samples/s':>11}"
+          f"{'peak MiB':>10}")
     for r in rows:
-        print(f"{r['experiment']:<14}{','.join(r['tasks']):<44}{r['batch_size']:>6}{r['params_m']:>10.2f}"
+        print(f"{r['experiment']:<14}{r['variant']:<32}{','.join(r['tasks']):<44}{r['batch_size']:>6}{r['params_m']:>10.2f}"
               f"{r['s_per_step']:>9.3f}{r['samples_per_s']:>11.1f}{r['peak_mib']:>10.0f}")
+    if args.against:
+        for base, other in zip(rows[::2], rows[1::2]):
+            print(f"{base['experiment']}: {' '.join(args.against)} takes {other['s_per_step'] / base['s_per_step']:.2f}x "
+                  f"the time of a step as configured, {other['peak_mib'] / base['peak_mib']:.2f}x the peak memory")
     print(f"device {rows[0]['device']}, {rows[0]['threads']} threads: mean of {rows[0]['steps']} steps after {args.warmup} warm-up")
 
 

@@ -8,19 +8,26 @@ import torch
 
 
 def param_groups(model, *, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
-    """No decay on norms, biases and embeddings; a pretrained backbone learns slower (Deformable DETR)."""
-    groups: dict[tuple[bool, bool], dict] = {}
+    """No decay on norms, biases and embeddings; a pretrained backbone learns slower (Deformable
+    DETR); a module with an ``lr_mult`` attribute learns at that multiple of the rate, with the
+    weight decay divided by it so that AdamW's decay a step (rate times decay) stays as it was
+    (a small head that starts at zero and must move far, without gradients large enough to take
+    the global clip from the rest of the model)."""
+    mults = {id(p): float(m.lr_mult) for m in model.modules() if getattr(m, "lr_mult", None)
+             for p in m.parameters()}
+    groups: dict[tuple[bool, bool, float], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         is_backbone = ".backbone.body." in f".{name}"
         no_decay = p.ndim < 2 or "norm" in name or "embed" in name or "token_adapter" in name
-        key = (is_backbone, no_decay)
+        mult = mults.get(id(p), 1.0)
+        key = (is_backbone, no_decay, mult)
         if key not in groups:
             groups[key] = {
                 "params": [],
-                "lr": lr * (backbone_lr_mult if is_backbone else 1.0),
-                "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr": lr * (backbone_lr_mult if is_backbone else 1.0) * mult,
+                "weight_decay": 0.0 if no_decay else weight_decay / mult,  # AdamW decays by lr * wd
             }
         groups[key]["params"].append(p)
     return [groups[k] for k in sorted(groups)]  # a fixed order, so optimizer state resumes

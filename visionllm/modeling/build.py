@@ -30,6 +30,8 @@ def build_visionllm(
     name_pool: bool = False,
     referent_loss: float = 0.0,
     copy_follow: bool = False,
+    name_location: bool = False,
+    group_attention: str = "blocks",
 ) -> VisionLLM:
     tokenizer = ImageTokenizer(backbone=backbone, text_encoder=text_encoder, **dict(image_tokenizer))
     return VisionLLM(image_tokenizer=tokenizer, llm=llm, none_weight=none_weight,
@@ -37,4 +39,5 @@ def build_visionllm(
                      text_readout=text_readout, token_names=token_names, token_names_layer=token_names_layer,
                      named_copy=named_copy, copy_where=copy_where, token_sides=token_sides, copy_count=copy_count,
                      count_loss=count_loss, name_pool=name_pool, referent_loss=referent_loss,
-                     copy_follow=copy_follow)
+                     copy_follow=copy_follow, name_location=name_location,
+                     group_attention=group_attention)

@@ -18,7 +18,14 @@ from visionllm.modeling.deformable import MLP, sine_embed
 from visionllm.modeling.generation import TextWriting
 from visionllm.modeling.image_tokenizer import ImageTokenizer
 from visionllm.modeling.llm import LLM
-from visionllm.modeling.losses import answer_loss, global_counts, read_offsets, tokenizer_loss
+from visionllm.modeling.losses import (
+    answer_loss,
+    expected_offsets,
+    global_counts,
+    read_offsets,
+    tokenizer_loss,
+)
+from visionllm.modeling.name_location import NameLocation
 from visionllm.modeling.name_pool import NamePool
 from visionllm.modeling.named_copy import NamedCopy, bare_forms, count_forms, singular_forms
 from visionllm.modeling.naming import TokenNaming, image_extent, side_words
@@ -61,10 +68,17 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         name_pool: bool = False,
         referent_loss: float = 0.0,
         copy_follow: bool = False,
+        name_location: bool = False,
+        group_attention: str = "blocks",
     ):
         super().__init__()
         self.image_tokenizer = image_tokenizer
         self.llm = llm
+        # [ours] the one pass's attention by blocks (decoding.grouped_attention), or with the full
+        # (T, T) mask, as any attention implementation takes it; the same numbers
+        if group_attention not in ("blocks", "dense"):
+            raise ValueError(f"model.group_attention must be 'blocks' or 'dense', not {group_attention!r}")
+        self.dense_groups = group_attention == "dense"
         d, H = image_tokenizer.d_model, llm.hidden_size
         # v_i = Linear(e_i) + MLP(sine(l_i))  [ours]
         self.token_proj = nn.Linear(d, H)
@@ -79,6 +93,8 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         nn.init.zeros_(self.class_pointer.weight)
         # [ours] the name's words weighed by a learned score rather than alike (name_pool.py)
         self.name_pool = NamePool(H) if name_pool else None
+        # [ours] a name's words also score each group's box (name_location.py; "the leftmost circle")
+        self.name_location = NameLocation(H) if name_location else None
         # [ours] text answers may read the image tokens directly (readout.py; docs/design.md)
         self.text_readout = TextReadout(H, pixel_dim=d) if text_readout else None
         # [ours] each image token matched to an object names it in words, read through the
@@ -153,7 +169,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
                 by_points[r.num_points].append(b)
         return by_points
 
-    def _slot_logits(self, prefix, valid, ids, v, idx, num_points, requests):
+    def _slot_logits(self, prefix, valid, ids, v, anchors, idx, num_points, requests):
         """Class-slot logits (b, M, Kmax+1) with absent classes at -inf, location logits (b, M, 2N, 1025).
 
         A class slot's logit for <ck> is the head row of <ck> plus a pointer term: the slot's
@@ -168,7 +184,8 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         """
         vocab = self.llm.vocab
         Lp = int(valid[idx].sum(1).max())
-        hidden, prefix_hidden = decode_groups(self.llm, prefix[idx, :Lp], valid[idx, :Lp], v[idx], vocab.slot_ids(num_points))
+        hidden, prefix_hidden = decode_groups(self.llm, prefix[idx, :Lp], valid[idx, :Lp], v[idx], vocab.slot_ids(num_points),
+                                               dense=self.dense_groups)
         hidden, prefix_hidden = hidden.float(), prefix_hidden.float()  # heads in float32 (bf16 LLM bases)
         kmax = max(len(requests[b].classes) for b in idx)
         cls_ids = torch.tensor([vocab.class_id(k) for k in range(kmax)] + [vocab.none], device=v.device)
@@ -177,34 +194,43 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         ctx = prefix_hidden.gather(1, positions[..., None].expand(-1, -1, prefix_hidden.shape[-1]))  # (b, Kmax, H)
         ctx = _rms(ctx) + _rms(self._name_embeddings([requests[b].classes for b in idx], kmax))
         pointer = torch.einsum("bmh,bkh->bmk", hidden[:, :, 0], self.class_pointer(ctx))
+        loc_ids = torch.arange(vocab.loc0, vocab.loc0 + 2 * LOC_HALF + 1, device=v.device)
+        loc_logits = self.llm.logits(hidden[:, :, 1:], loc_ids)  # (b, M, 2N, 1025)
+        if self.name_location is not None:
+            # each group's expected answer, as the losses read it (anchor + expected offsets)
+            points = anchors[idx].repeat(1, 1, num_points) + expected_offsets(loc_logits)
+            words = self._name_embeddings([requests[b].classes for b in idx], kmax, unit=True)
+            pointer = pointer + self.name_location(words, points.view(len(idx), -1, num_points, 2))
         cls_logits = torch.cat([cls_logits[..., :kmax] + pointer, cls_logits[..., kmax:]], -1)
         for row, b in enumerate(idx):
             cls_logits[row, :, len(requests[b].classes) : kmax] = float("-inf")
-        loc_ids = torch.arange(vocab.loc0, vocab.loc0 + 2 * LOC_HALF + 1, device=v.device)
-        loc_logits = self.llm.logits(hidden[:, :, 1:], loc_ids)  # (b, M, 2N, 1025)
         return cls_logits, loc_logits
 
-    def _name_embeddings(self, class_lists: list[list[str]], kmax: int) -> torch.Tensor:
+    def _name_embeddings(self, class_lists: list[list[str]], kmax: int, unit: bool = False) -> torch.Tensor:
         """(b, Kmax, H) mean LLM input embedding of each class name's tokens (zeros past K),
-        weighted by ``name_pool`` where the model has one.
+        weighted by ``name_pool`` where the model has one; ``unit``: the plain mean of the
+        words each at unit RMS (what ``name_location`` reads), with no pool.
 
         Each name is tokenized after a space, so a word is the same token wherever it stands
         ("circle" alone and in "the red circle" alike)."""
         names = sorted({n for names in class_lists for n in names})
-        mean = self._mean_embeddings(names, pool=self.name_pool)
+        mean = self._mean_embeddings(names, unit=True) if unit else self._mean_embeddings(names, pool=self.name_pool)
         row = {n: i for i, n in enumerate(names)}
         out = mean.new_zeros(len(class_lists), kmax, mean.shape[-1])
         for b, names_b in enumerate(class_lists):
             out[b, : len(names_b)] = mean[[row[n] for n in names_b]]
         return out
 
-    def _mean_embeddings(self, texts: list[str], pool: NamePool | None = None) -> torch.Tensor:
+    def _mean_embeddings(self, texts: list[str], pool: NamePool | None = None, unit: bool = False) -> torch.Tensor:
         """(U, H) mean LLM input embedding of each text's tokens, tokenized after a space (with
-        ``pool``: their weighted mean, by its learned weights)."""
+        ``pool``: their weighted mean, by its learned weights; ``unit``: each token's embedding at
+        unit RMS before the mean)."""
         enc = self.llm.tokenizer([" " + t for t in texts], add_special_tokens=False, padding=True, return_tensors="pt")
         device = self.class_pointer.weight.device
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device).float()
         emb = self.llm.embed(ids).float()  # (U, T, H)
+        if unit:
+            emb = _rms(emb)
         if pool is not None:
             return pool(emb, mask)
         return (emb * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
@@ -279,7 +305,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
                 self._structured_losses(sums, prefix, valid, ids, v, anchors, groups[kind], kind, requests, targets,
                                         assignment, matched, extent)
             else:  # a pass another rank needs and this batch does not: it counts zero
-                idle = idle + self._idle_pass(prefix, valid, ids, v, kind)
+                idle = idle + self._idle_pass(prefix, valid, ids, v, anchors, kind)
         for k, val in sums.items():
             losses[k] = val / norm
         # Every trainable tensor takes part in every step, whatever the batch holds: FSDP
@@ -289,7 +315,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         if not rows:
             losses["loss_tok_obj"] = 0.0 * (toks.layer_logits.sum() + toks.layer_points.sum())
         if not sums:
-            pool = [] if self.name_pool is None else list(self.name_pool.parameters())
+            pool = [p for m in (self.name_pool, self.name_location) if m is not None for p in m.parameters()]
             losses["loss_cls"] = 0.0 * sum((p.sum() for p in pool), self.class_pointer.weight.sum())
         text_parts = [m for m in (self.text_readout, self.named_copy) if m is not None]
         if text_parts and not text_rows:
@@ -307,7 +333,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         summed box/polygon/class losses (and token-naming loss) into ``sums``. ``extent`` (B, 2)
         the image's share of the canvas, where token naming also says each object's side."""
         with self._layer_output() as seen:
-            cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, idx, n_pts, requests)
+            cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, anchors, idx, n_pts, requests)
         if self.token_names > 0:
             states = seen.get("out", prefix[idx])  # layer 0: the LLM's input
             sums["loss_names"] = sums["loss_names"] + self.token_names * self._naming_loss(
@@ -341,13 +367,13 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         torch.distributed.all_gather_object(everyone, kinds)
         return sorted({k for ks in everyone for k in ks})
 
-    def _idle_pass(self, prefix, valid, ids, v, kind: int) -> torch.Tensor:
+    def _idle_pass(self, prefix, valid, ids, v, anchors, kind: int) -> torch.Tensor:
         """A pass of ``kind`` on the first sample with a stand-in request, times zero."""
         if kind == TEXT_PASS:
             return 0.0 * self._text_loss(prefix, valid, [0], [[self.llm.tokenizer.eos_token_id]], ids, v=(v, None),
                                          instructions=[""] * v.shape[0])
         stand_in = {0: Request(kind="boxes" if kind == 2 else "polygons", classes=["object"], num_points=kind)}
-        cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, [0], kind, stand_in)
+        cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, anchors, [0], kind, stand_in)
         return 0.0 * (cls_logits.sum() + loc_logits.sum())
 
     def _answer_ids(self, text: str) -> list[int]:
@@ -449,7 +475,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         prefix, valid, ids = splice_image_tokens(self.llm, batch["instructions"], v)
         out: list[dict] = [{} for _ in requests]
         for n_pts, idx in self._structured_groups(requests).items():
-            cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, idx, n_pts, requests)
+            cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, anchors, idx, n_pts, requests)
             probs = cls_logits.softmax(-1)[..., :-1]  # drop no-object
             scores, labels = probs.max(-1)  # (b, M)
             offsets = read_offsets(loc_logits, location_window)  # (b, M, 2N)
