@@ -44,3 +44,19 @@ def test_color_skip_feeds_the_pooled_image_to_every_level():
     red[:, 0], blue[:, 2] = 1.0, 1.0
     for lr, lb in zip(b(red)[:3], b(blue)[:3]):
         assert not torch.allclose(lr, lb, atol=1e-4)
+
+
+def test_channels_last_gives_the_same_maps_and_gradients():
+    torch.manual_seed(0)
+    a = Backbone(name="resnet10t", d_model=32, color_skip=True, channels_last=False).train()
+    b = Backbone(name="resnet10t", d_model=32, color_skip=True, channels_last=True).train()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    outs = [m(x) for m in (a, b)]
+    for oa, ob in zip(*outs):
+        torch.testing.assert_close(oa, ob, rtol=1e-4, atol=1e-5)
+    for o in outs:
+        sum(t.square().mean() for t in o).backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert pb.is_contiguous(), name  # the weights keep their layout: checkpoints and DDP see no change
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-3, atol=1e-5, msg=name)

@@ -96,10 +96,11 @@ def main() -> None:
         rows.append(run(exp, []))
         if args.against:
             rows.append(run(exp, args.against))
-    print(f"{'experiment':<14}{'variant':<32}{'tasks':<44}{'batch':>6}{'params M':>10}{'s/step':>9}{'samples/s':>11}"
+    vw = max(14, *(len(r["variant"]) + 2 for r in rows))  # the variant column fits its longest name
+    print(f"{'experiment':<14}{'variant':<{vw}}{'tasks':<44}{'batch':>6}{'params M':>10}{'s/step':>9}{'samples/s':>11}"
           f"{'peak MiB':>10}")
     for r in rows:
-        print(f"{r['experiment']:<14}{r['variant']:<32}{','.join(r['tasks']):<44}{r['batch_size']:>6}{r['params_m']:>10.2f}"
+        print(f"{r['experiment']:<14}{r['variant']:<{vw}}{','.join(r['tasks']):<44}{r['batch_size']:>6}{r['params_m']:>10.2f}"
               f"{r['s_per_step']:>9.3f}{r['samples_per_s']:>11.1f}{r['peak_mib']:>10.0f}")
     if args.against:
         for base, other in zip(rows[::2], rows[1::2]):
