@@ -49,11 +49,13 @@ def worker(experiment: str, steps: int, warmup: int, overrides: list[str]) -> di
     opt, _ = build_optimizer(model, cfg.trainer)
     bs = cfg.trainer.batch_size
     batches = [collate([ds[(i * bs + j) % len(ds)] for j in range(bs)]) for i in range(steps + warmup)]
+    bf16 = cfg.trainer.get("precision", "fp32") == "bf16"  # as tools/train.py autocasts
     times = []
     for i, batch in enumerate(batches):
         batch["images"], batch["pixel_mask"] = batch["images"].to(device), batch["pixel_mask"].to(device)
         t0 = time.perf_counter()
-        loss = model(batch)["loss"]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(batch)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -182,17 +182,18 @@ class NamedCopy(nn.Module):
         likeliest object's, and every object it writes took that object's words ("a yellow
         triangle in the top right corner, a yellow triangle", run 19). W starts at zero, so the
         pointer starts as the question's."""
-        query = self.follow(rms(hidden.float())) / math.sqrt(hidden.shape[-1])  # (P, H)
         groups: dict = {}
         for p, item in enumerate(again):  # positions of one question share its tables
             groups.setdefault(id(item), (item, []))[1].append(p)
         out = log_c.clone()
-        for (fit, named_logp, keys), at in groups.values():
-            at = torch.tensor(at, device=hidden.device)
-            alpha = (fit[None] + query[at] @ keys.T).softmax(-1)  # (p, M)
-            c = alpha @ named_logp.exp()  # (p, V): a matmul, not a (p, M, V) logsumexp
-            bare = c.new_zeros(c.shape).index_add(1, self.bare_of, c)
-            out[at, :2] = torch.stack([c, bare], 1).clamp_min(1e-30).log()
+        with torch.autocast(hidden.device.type, enabled=False):  # probabilities in float32 under bf16 autocast
+            query = self.follow(rms(hidden.float())) / math.sqrt(hidden.shape[-1])  # (P, H)
+            for (fit, named_logp, keys), at in groups.values():
+                at = torch.tensor(at, device=hidden.device)
+                alpha = (fit[None].float() + query[at] @ keys.float().T).softmax(-1)  # (p, M)
+                c = alpha @ named_logp.float().exp()  # (p, V): a matmul, not a (p, M, V) logsumexp
+                bare = c.new_zeros(c.shape).index_add(1, self.bare_of, c)
+                out[at, :2] = torch.stack([c, bare], 1).clamp_min(1e-30).log().to(out.dtype)
         return out
 
     def mix(self, hidden: torch.Tensor, logits: torch.Tensor, copy_logp: torch.Tensor) -> torch.Tensor:
