@@ -16,7 +16,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "con
 def tok_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tok")
     cfg = compose_cfg("train", [f"tokenizer_dir={d}", "tokenizer_vocab_size=400"])
-    prepare_tokenizer(cfg, ["circle", "square"])
+    prepare_tokenizer(cfg, ["circle", "square", "is there one? yes", "is there one? no"])  # count_exist: one token each
     return d
 
 

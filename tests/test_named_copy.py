@@ -375,3 +375,65 @@ def test_the_count_loss_teaches_the_count_even_where_it_is_off(shapes_root, tmp_
     with pytest.raises(InstantiationException, match="count_loss"):
         tiny_model_and_sets(shapes_root, tmp_path / "bad", ["model.token_names=1.0", "model.named_copy=true",
                                                             "model.count_loss=1.0"])
+
+
+def test_the_count_also_says_whether_there_is_one():
+    """With ``exist_ids`` the count's row also says "no" at P(n = 0) and "yes" at P(n > 0), in
+    both forms: a question about a circle (two of them) leans to "yes", one about something no
+    token names (a blue circle is not there) to "no"; the two add up to one."""
+    torch.manual_seed(0)
+    V = 20
+    numbers = torch.tensor([[8, 12], [9, 13], [10, 14], [11, -1]])
+    exist = torch.tensor([[16, 18], [17, 19]])  # "no", " no"; "yes", " yes"
+    with pytest.raises(ValueError, match="count"):
+        NamedCopy(hidden_size=16, bare_of=torch.arange(V), exist_ids=exist)
+    copy = NamedCopy(hidden_size=16, bare_of=torch.arange(V), count_ids=numbers, exist_ids=exist)
+    copy.note_names([RED, BLUE, CIRCLE, STAR])
+    named = _named([RED, CIRCLE], [RED, CIRCLE], [RED, STAR], V=V, strength=8.0)
+    objectness = torch.zeros(3)  # the count's weights as they start: q_i = sigmoid(s_i + o_i)
+    circles = copy.lookup(named, [WHAT, CIRCLE], torch.randn(3, 16), objectness)[0][2]
+    blue_circles = copy.lookup(named, [WHAT, BLUE, CIRCLE], torch.randn(3, 16), objectness)[0][2]
+    for row in (circles, blue_circles):
+        torch.testing.assert_close(row[16], row[8])  # "no" is "0"
+        torch.testing.assert_close(row[[16, 18]], row[[8, 8]])
+        torch.testing.assert_close(row[16].exp() + row[17].exp(), torch.tensor(1.0))
+        torch.testing.assert_close(row[17], row[19])
+    assert circles[17] > circles[16] and blue_circles[16] > blue_circles[17]
+    assert set(copy.count_words.tolist()) == {8, 9, 10, 11, 12, 13, 14, 16, 17, 18, 19}
+    # without it the row is 0 at those words, as at every word that is not a number
+    plain = NamedCopy(hidden_size=16, bare_of=torch.arange(V), count_ids=numbers)
+    plain.note_names([RED, BLUE, CIRCLE, STAR])
+    assert (plain.lookup(named, [WHAT, CIRCLE], torch.randn(3, 16), objectness)[0][2][16:] == 0).all()
+
+
+def test_the_count_loss_teaches_existence_answers_with_count_exist(shapes_root, tmp_path):
+    """model.count_exist: an existence answer ("yes"/"no") also trains the count's own weights
+    through the count loss; without the option it does not."""
+    from visionllm.data.llava import LlavaInstruct
+    from visionllm.tasks import vqa
+
+    def existence_only(item):  # the conversation's existence turns alone (no number answers)
+        turns = item["conversations"]
+        pairs = [(q["value"].replace("<image>\n", ""), a["value"]) for q, a in zip(turns[::2], turns[1::2])
+                 if a["value"].strip().lower() in ("yes", "no")]
+        if not pairs:
+            return None
+        convs = [t for q, a in pairs for t in ({"from": "human", "value": q}, {"from": "gpt", "value": a})]
+        convs[0] = {"from": "human", "value": "<image>\n" + convs[0]["value"]}
+        return {**item, "conversations": convs}
+
+    reader = LlavaInstruct(json_file=shapes_root / "llava/llava_instruct_train.json", image_root=shapes_root)
+    items = [x for x in (existence_only(reader[i]) for i in range(len(reader))) if x is not None][:2]
+    assert items, "the tiny set has existence answers"
+    samples = [vqa.training_sample(x, image_size=64, rng=random.Random(0)) for x in items]
+    grads = {}
+    for on in (False, True):
+        model, _ = tiny_model_and_sets(shapes_root, tmp_path / str(on), [
+            "model.token_names=1.0", "model.named_copy=true", "model.copy_count=true", "model.count_loss=1.0",
+            f"model.count_exist={str(on).lower()}", "tokenizer_vocab_size=800"])  # "yes" and "no" one token each
+        model(collate(samples))["loss_text"].backward()
+        grads[on] = float(model.named_copy.count_bias.grad.abs())
+    assert grads[False] == 0.0 and grads[True] > 0.0
+    with pytest.raises(InstantiationException, match="count_exist"):
+        tiny_model_and_sets(shapes_root, tmp_path / "bad", ["model.token_names=1.0", "model.named_copy=true",
+                                                            "model.count_exist=true"])

@@ -22,7 +22,9 @@ the share where the token the copy's pointer picks lies on the answer's side of 
 For a model built with ``model.named_copy``, also the copy's mean mass on the answer's first
 token and its mean strength beta at the first answer position, per question type; with the
 count (``model.copy_count``), ``count/count_right``, the share of count questions whose most
-likely number under the count is the answer, and its strength ``count/count_strength``.
+likely number under the count is the answer, and its strength ``count/count_strength``;
+``exist/count_says_exist_right``, the share of existence questions ("is there a blue star?")
+whose answer is "yes" exactly when the count's P(n = 0) is under one half.
 Needs a checkpoint trained with token naming (``model.token_names`` > 0).
 """
 
@@ -131,6 +133,10 @@ def probe(model, cfg, conversations: int, data_root: str | None = None) -> dict:
                         said = log_c[2][bare.clamp_min(0)].masked_fill(bare < 0, float("-inf"))
                         hits[kind, "count_right"].append(str(int(said.argmax())) == s["meta"]["answer"])
                         hits[kind, "count_strength"].append(float(copy.count_strength(h)))
+                    if copy.count_ids is not None and kind == "exist" and copy.count_ids[0, 0] >= 0:
+                        # would "yes" exactly when the count says more than none be right?
+                        none = float(log_c[2][copy.count_ids[0, 0]].exp())
+                        hits[kind, "count_says_exist_right"].append((none < 0.5) == (s["meta"]["answer"] == "yes"))
     return {f"{kind}/{how}": round(sum(map(float, v)) / len(v), 3) for (kind, how), v in sorted(hits.items())} | {
         f"{kind}/questions": n for kind, n in sorted(counts.items())}
 

@@ -27,6 +27,7 @@ def build_visionllm(
     token_sides: bool | float = False,
     copy_count: bool = False,
     count_loss: float = 0.0,
+    count_exist: bool = False,
     name_pool: bool = False,
     referent_loss: float = 0.0,
     copy_follow: bool = False,
@@ -38,6 +39,6 @@ def build_visionllm(
                      group_matching=group_matching, loss_weights=loss_weights, token_scale=token_scale,
                      text_readout=text_readout, token_names=token_names, token_names_layer=token_names_layer,
                      named_copy=named_copy, copy_where=copy_where, token_sides=token_sides, copy_count=copy_count,
-                     count_loss=count_loss, name_pool=name_pool, referent_loss=referent_loss,
+                     count_loss=count_loss, count_exist=count_exist, name_pool=name_pool, referent_loss=referent_loss,
                      copy_follow=copy_follow, name_location=name_location,
                      group_attention=group_attention)

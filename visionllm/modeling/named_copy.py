@@ -68,7 +68,7 @@ class NamedCopy(nn.Module):
 
     def __init__(self, hidden_size: int, bare_of: torch.Tensor, where_feats: int = 0,
                  count_ids: torch.Tensor | None = None, singular_of: torch.Tensor | None = None,
-                 follow: bool = False):
+                 follow: bool = False, exist_ids: torch.Tensor | None = None):
         """``bare_of`` (V,): for each text word id, the id of the same word without its leading
         space where the vocabulary has one (``bare_forms``), else the id itself; ``where_feats``
         > 0: the read also takes the pointed-at location, W_l sum_i alpha_i sine(l_i), with that
@@ -77,7 +77,10 @@ class NamedCopy(nn.Module):
         (None: no count); ``singular_of`` (V,): each word's singular where it is a plural of one
         token (``singular_forms``; " stars" -> " star"), so "how many stars?" names the stars
         (None: every word as it is); ``follow``: the pointer that picks the copied words moves
-        along the answer, by a query from each position's state (``move``; zero at the start)."""
+        along the answer, by a query from each position's state (``move``; zero at the start);
+        ``exist_ids`` (2, F): the word ids of "no" and "yes" in F forms (-1: none;
+        ``exist_forms``), which the count then also says, at P(n = 0) and P(n > 0) (None: it
+        does not; needs ``count_ids``)."""
         super().__init__()
         self.num_words = int(bare_of.numel())
         self.register_buffer("bare_of", bare_of.long().clone(), persistent=False)  # from the tokenizer
@@ -118,6 +121,22 @@ class NamedCopy(nn.Module):
             self.count_strength = nn.Linear(hidden_size, 1)
             nn.init.zeros_(self.count_strength.weight)
             nn.init.zeros_(self.count_strength.bias)
+        if exist_ids is not None and count_ids is None:
+            raise ValueError("named copy: existence answers come from the count, and there is none (count_ids)")
+        if exist_ids is None:
+            self.exist_ids = None
+        else:
+            exist_ids = exist_ids.long().clone()
+            exist_ids[exist_ids >= self.num_words] = -1
+            self.register_buffer("exist_ids", exist_ids, persistent=False)
+
+    @property
+    def count_words(self) -> torch.Tensor:
+        """The word ids the count's row speaks: the numbers, and "no" and "yes" with ``exist_ids``."""
+        ids = self.count_ids.flatten()
+        if self.exist_ids is not None:
+            ids = torch.cat([ids, self.exist_ids.flatten()])
+        return ids[ids >= 0]
 
     @torch.no_grad()
     def note_names(self, word_ids) -> None:
@@ -163,8 +182,14 @@ class NamedCopy(nn.Module):
             log_n = count_distribution(logit_q, self.count_ids.shape[0])
             ids = self.count_ids.flatten()
             real = ids >= 0
-            rows.append(log_c.new_zeros(self.num_words).index_put(
-                (ids[real],), log_n.repeat_interleave(self.count_ids.shape[1])[real]))
+            row = log_c.new_zeros(self.num_words).index_put(
+                (ids[real],), log_n.repeat_interleave(self.count_ids.shape[1])[real])
+            if self.exist_ids is not None:  # "no" at P(n = 0), "yes" at P(n > 0) = 1 - P(n = 0)
+                said = torch.stack([log_n[0], (-torch.expm1(log_n[0])).clamp_min(1e-30).log()])
+                ids = self.exist_ids.flatten()
+                real = ids >= 0
+                row = row.index_put((ids[real],), said.repeat_interleave(self.exist_ids.shape[1])[real])
+            rows.append(row)
         log_c = torch.stack(rows)
         read = self.read_value(log_alpha.exp() @ rms(tokens.float()))
         read = read + self.read_score(torch.stack([fit.max(), torch.logsumexp(fit, 0)]))
@@ -212,7 +237,7 @@ class NamedCopy(nn.Module):
         if extra:
             copy = torch.cat([copy, copy.new_full((copy.shape[0], extra), math.log(self.eps))], -1)
         out = logits.float() + beta * copy
-        if copy_logp.shape[1] > 2:  # the count: 0 at every word that is not a number
+        if copy_logp.shape[1] > 2:  # the count: 0 at every word that is not a number (or "no"/"yes")
             counted = copy_logp[:, 2]
             if extra:
                 counted = torch.cat([counted, counted.new_zeros((counted.shape[0], extra))], -1)
@@ -254,6 +279,18 @@ def count_forms(tokenizer, largest: int = 9) -> torch.Tensor | None:
     ids = torch.full((largest + 1, 2), -1, dtype=torch.long)
     for k in range(largest + 1):
         for f, text in enumerate((str(k), " " + str(k))):
+            enc = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(enc) == 1:
+                ids[k, f] = enc[0]
+    return ids if (ids >= 0).any() else None
+
+
+def exist_forms(tokenizer) -> torch.Tensor | None:
+    """(2, 2) the word ids of "no" and "yes", bare and after a space, where each is one token
+    (-1 where not); None where neither is."""
+    ids = torch.full((2, 2), -1, dtype=torch.long)
+    for k, word in enumerate(("no", "yes")):
+        for f, text in enumerate((word, " " + word)):
             enc = tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(enc) == 1:
                 ids[k, f] = enc[0]

@@ -27,7 +27,13 @@ from visionllm.modeling.losses import (
 )
 from visionllm.modeling.name_location import NameLocation
 from visionllm.modeling.name_pool import NamePool
-from visionllm.modeling.named_copy import NamedCopy, bare_forms, count_forms, singular_forms
+from visionllm.modeling.named_copy import (
+    NamedCopy,
+    bare_forms,
+    count_forms,
+    exist_forms,
+    singular_forms,
+)
 from visionllm.modeling.naming import TokenNaming, image_extent, side_words
 from visionllm.modeling.readout import TextReadout
 from visionllm.modeling.readout import rms as _rms
@@ -65,6 +71,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         token_sides: bool | float = False,
         copy_count: bool = False,
         count_loss: float = 0.0,
+        count_exist: bool = False,
         name_pool: bool = False,
         referent_loss: float = 0.0,
         copy_follow: bool = False,
@@ -128,6 +135,8 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
                              "model.named_copy=true")
         if count_loss and not copy_count:
             raise ValueError("model.count_loss teaches the count of model.copy_count, which is off")
+        if count_exist and not copy_count:
+            raise ValueError("model.count_exist answers existence from the count of model.copy_count, which is off")
         # [ours] the count's own distribution also learns the number answers directly, weighted
         # (docs/design.md, "Counting from the tokens"): else a count the model has turned off
         # early (its strength below 0) is never taught
@@ -135,10 +144,13 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         count_ids = count_forms(llm.tokenizer) if copy_count else None
         if copy_count and count_ids is None:
             raise ValueError("model.copy_count: the tokenizer says none of the numbers 0 to 9 as one token")
+        exist_ids = exist_forms(llm.tokenizer) if count_exist else None
+        if count_exist and exist_ids is None:
+            raise ValueError('model.count_exist: the tokenizer says neither "no" nor "yes" as one token')
         self.named_copy = NamedCopy(H, bare_forms(llm.tokenizer, llm.vocab.image),
                                     where_feats=d // 2 if copy_where else 0, count_ids=count_ids,
                                     singular_of=singular_forms(llm.tokenizer, llm.vocab.image) if copy_count else None,
-                                    follow=copy_follow) if named_copy else None
+                                    follow=copy_follow, exist_ids=exist_ids) if named_copy else None
         self.none_weight = none_weight
         # [ours] a referring answer's group taught to outscore the other groups (losses.answer_loss)
         if referent_loss < 0:
@@ -446,9 +458,9 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         logp = self._copy_logp(picked, per_position)
         loss = (torch.nn.functional.nll_loss(logp, labels, reduction="none") * scale).sum()
         if self.count_loss > 0:
-            # at each answer word that is a number, log P(n = it) under the count alone
-            numbers = self.named_copy.count_ids.flatten()
-            at = torch.isin(labels, numbers[numbers >= 0]).nonzero()[:, 0].tolist()
+            # at each answer word that is a number (or, with count_exist, "no" or "yes"), log P(n =
+            # it) (P(n = 0) or P(n > 0)) under the count alone
+            at = torch.isin(labels, self.named_copy.count_words).nonzero()[:, 0].tolist()
             if at:
                 said = torch.stack([per_position[p][0][2, labels[p]] for p in at])
                 loss = loss - self.count_loss * (said * scale[at]).sum()
