@@ -33,18 +33,42 @@ def param_groups(model, *, lr: float, backbone_lr_mult: float, weight_decay: flo
     return [groups[k] for k in sorted(groups)]  # a fixed order, so optimizer state resumes
 
 
-def lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def _warmup_cosine(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return f
+
+def lr_lambda(warmup: int, total: int, restart: tuple[int, float, int] | None = None):
+    """The rate's multiple at each step: linear warmup, then a cosine to 0 at ``total``; with
+    ``restart`` = (step R, scale, warmup steps) the cosine ends at R instead, and from R the
+    schedule starts again, warmup to ``scale`` then a cosine to 0 at ``total`` (a warm
+    restart: a second stage in one run)."""
+    if restart is None:
+        return lambda step: _warmup_cosine(step, warmup, total)
+    at, scale, again = restart
+    if not 0 < at < total or scale <= 0 or again < 0:
+        raise ValueError(f"trainer.restart: the step ({at}) must lie inside the run (0 to {total}), "
+                         f"its rate ({scale} times trainer.lr) be > 0, its warmup >= 0")
+    return lambda step: (_warmup_cosine(step, warmup, at) if step < at
+                         else scale * _warmup_cosine(step - at, max(1, again), total - at))
+
+
+def restart_of(tc) -> tuple[int, float, int] | None:
+    """``trainer.restart: {at: fraction of the run, lr: the rate restarted to, warmup_steps: N}``
+    as (step, multiple of ``trainer.lr``, warmup steps); None where it is not set."""
+    node = tc.get("restart") if hasattr(tc, "get") else None
+    if not node:
+        return None
+    unknown = set(node) - {"at", "lr", "warmup_steps"}
+    if unknown or "at" not in node or "lr" not in node:
+        raise ValueError(f"trainer.restart: expected {{at: fraction, lr: rate, warmup_steps: N}}, got {dict(node)!r}")
+    return round(float(node["at"]) * tc.max_steps), float(node["lr"]) / tc.lr, int(node.get("warmup_steps", 0))
 
 
 def build_optimizer(model, tc) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     opt = torch.optim.AdamW(
         param_groups(model, lr=tc.lr, backbone_lr_mult=tc.backbone_lr_mult, weight_decay=tc.weight_decay)
     )
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.max_steps))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.max_steps, restart_of(tc)))
