@@ -2,18 +2,28 @@
 option ``experiment=shapes`` turns on: the loss is finite, every part gets a gradient, and it is
 close to the float32 loss. CPU autocast takes the same paths as CUDA's for these ops."""
 
+from pathlib import Path
+
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from tests.helpers import tiny_model_and_sets
 from visionllm.data.transforms import collate
 
-SHAPES_OPTIONS = ["model.text_readout=true", "model.token_names=1.0", "model.named_copy=true",
-                  "model.token_sides=0.2", "model.copy_count=true", "model.count_loss=1.0",
-                  "model.name_pool=true", "model.copy_follow=true", "model.referent_loss=1.0"]
+
+def shapes_options() -> list[str]:
+    """The model options conf/experiment/shapes.yaml sets (its plain values: the sizes and the
+    loss weights it sets in sub-trees stay as the tiny model has them)."""
+    exp = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/experiment/shapes.yaml")
+    return [f"model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in exp.model.items()
+            if not isinstance(v, DictConfig)]
 
 
 def test_bf16_autocast_trains_the_shapes_options(shapes_root, tmp_path):
-    model, ds = tiny_model_and_sets(shapes_root, tmp_path, SHAPES_OPTIONS)
+    options = shapes_options()
+    assert "model.count_exist=true" in options and "model.named_copy=true" in options
+    # "yes" and "no" one token each (model.count_exist)
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path, [*options, "tokenizer_vocab_size=800"])
     model.named_copy.strength.bias.data.fill_(0.5)  # a little trained: the copy is used
     batch = collate([ds.sets[t][0] for t in ("detection", "segmentation", "grounding", "caption", "vqa")])
     with torch.no_grad():

@@ -8,6 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from visionllm.engine.optim import build_optimizer, lr_lambda, restart_of
+from visionllm.engine.tasks import loss_weights_at
 
 
 def test_warmup_then_cosine_to_zero():
@@ -41,3 +42,10 @@ def test_the_trainer_config_sets_it():
     assert restart_of(OmegaConf.create({"lr": 5e-4, "max_steps": 30, "restart": None})) is None
     with pytest.raises(ValueError, match="trainer.restart"):
         restart_of(OmegaConf.create({"lr": 5e-4, "max_steps": 30, "restart": {"at": 0.8, "rate": 1e-4}}))
+
+
+def test_it_restarts_at_the_step_a_phase_from_the_same_fraction_begins():
+    for at, total in ((0.9, 2725), (0.8333333333, 3000), (0.5, 7)):
+        step = restart_of(OmegaConf.create({"lr": 1.0, "max_steps": total, "restart": {"at": at, "lr": 0.5}}))[0]
+        begun = [s for s in range(total) if loss_weights_at({"loss_x": 0.0}, [(at, {"loss_x": 1.0})], s / total)["loss_x"]]
+        assert step == begun[0], (at, total)

@@ -48,23 +48,26 @@ def lr_lambda(warmup: int, total: int, restart: tuple[int, float, int] | None = 
     if restart is None:
         return lambda step: _warmup_cosine(step, warmup, total)
     at, scale, again = restart
-    if not 0 < at < total or scale <= 0 or again < 0:
-        raise ValueError(f"trainer.restart: the step ({at}) must lie inside the run (0 to {total}), "
-                         f"its rate ({scale} times trainer.lr) be > 0, its warmup >= 0")
+    if not warmup < at < total - again or scale <= 0 or again < 0:
+        raise ValueError(f"trainer.restart: its step ({at}) must come after the first warmup ({warmup} steps) "
+                         f"and leave room for its own ({again}) before the run's end ({total}); its rate "
+                         f"({scale} times trainer.lr) must be > 0")
     return lambda step: (_warmup_cosine(step, warmup, at) if step < at
-                         else scale * _warmup_cosine(step - at, max(1, again), total - at))
+                         else scale * _warmup_cosine(step - at, again, total - at))
 
 
 def restart_of(tc) -> tuple[int, float, int] | None:
     """``trainer.restart: {at: fraction of the run, lr: the rate restarted to, warmup_steps: N}``
     as (step, multiple of ``trainer.lr``, warmup steps); None where it is not set."""
-    node = tc.get("restart") if hasattr(tc, "get") else None
+    node = getattr(tc, "restart", None)
     if not node:
         return None
     unknown = set(node) - {"at", "lr", "warmup_steps"}
     if unknown or "at" not in node or "lr" not in node:
         raise ValueError(f"trainer.restart: expected {{at: fraction, lr: rate, warmup_steps: N}}, got {dict(node)!r}")
-    return round(float(node["at"]) * tc.max_steps), float(node["lr"]) / tc.lr, int(node.get("warmup_steps", 0))
+    # the first step whose progress reaches the fraction, as task.phases begins a phase
+    at = next((s for s in range(tc.max_steps + 1) if s / tc.max_steps >= float(node["at"])), tc.max_steps)
+    return at, float(node["lr"]) / tc.lr, int(node.get("warmup_steps") or 0)
 
 
 def build_optimizer(model, tc) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:

@@ -128,6 +128,9 @@ class NamedCopy(nn.Module):
         else:
             exist_ids = exist_ids.long().clone()
             exist_ids[exist_ids >= self.num_words] = -1
+            if exist_ids.shape != (2, self.count_ids.shape[1]) or not (exist_ids >= 0).any(-1).all():
+                raise ValueError(f'named copy: exist_ids must say "no" and "yes" in the {self.count_ids.shape[1]} '
+                                 f"forms of count_ids, each in one at least; got {exist_ids.tolist()}")
             self.register_buffer("exist_ids", exist_ids, persistent=False)
 
     @property
@@ -179,17 +182,14 @@ class NamedCopy(nn.Module):
             logit_q = self.count_fit * said + self.count_bias
             if objectness is not None:
                 logit_q = logit_q + self.count_objectness * objectness.float()
-            log_n = count_distribution(logit_q, self.count_ids.shape[0])
-            ids = self.count_ids.flatten()
+            log_n, words = count_distribution(logit_q, self.count_ids.shape[0]), self.count_ids
+            if self.exist_ids is not None:  # "no" at P(n = 0), "yes" at P(n > 0)
+                log_n = torch.cat([log_n, torch.stack([log_n[0], log_some(logit_q)])])
+                words = torch.cat([words, self.exist_ids])
+            ids = words.flatten()
             real = ids >= 0
-            row = log_c.new_zeros(self.num_words).index_put(
-                (ids[real],), log_n.repeat_interleave(self.count_ids.shape[1])[real])
-            if self.exist_ids is not None:  # "no" at P(n = 0), "yes" at P(n > 0) = 1 - P(n = 0)
-                said = torch.stack([log_n[0], (-torch.expm1(log_n[0])).clamp_min(1e-30).log()])
-                ids = self.exist_ids.flatten()
-                real = ids >= 0
-                row = row.index_put((ids[real],), said.repeat_interleave(self.exist_ids.shape[1])[real])
-            rows.append(row)
+            rows.append(log_c.new_zeros(self.num_words).index_put(
+                (ids[real],), log_n.repeat_interleave(words.shape[1])[real]))
         log_c = torch.stack(rows)
         read = self.read_value(log_alpha.exp() @ rms(tokens.float()))
         read = read + self.read_score(torch.stack([fit.max(), torch.logsumexp(fit, 0)]))
@@ -261,6 +261,15 @@ def count_distribution(logit_q: torch.Tensor, size: int) -> torch.Tensor:
     return log_p
 
 
+def log_some(logit_q: torch.Tensor) -> torch.Tensor:
+    """log P(n > 0) of the count of ``count_distribution``: the log-probability that some token
+    is what the question counts, as a sum over which is the first (token i, none before it),
+    exact where 1 - P(n = 0) would round to 0."""
+    log_not = nn.functional.logsigmoid(-logit_q)
+    before = torch.cumsum(log_not, 0) - log_not
+    return torch.logsumexp(nn.functional.logsigmoid(logit_q) + before, 0)
+
+
 def singular_forms(tokenizer, num_words: int) -> torch.Tensor:
     """(num_words,) for each word id, the id of its singular where the word is an English plural
     ("s" or "es" after a word of four letters or more) whose singular is one token below
@@ -273,28 +282,30 @@ def singular_forms(tokenizer, num_words: int) -> torch.Tensor:
     return _word_map(tokenizer, num_words, singulars)
 
 
-def count_forms(tokenizer, largest: int = 9) -> torch.Tensor | None:
-    """(largest + 1, 2) the word ids of "0" to str(largest), bare and after a space, where each
-    is one token (-1 where not); None where no number is."""
-    ids = torch.full((largest + 1, 2), -1, dtype=torch.long)
-    for k in range(largest + 1):
-        for f, text in enumerate((str(k), " " + str(k))):
-            enc = tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(enc) == 1:
-                ids[k, f] = enc[0]
-    return ids if (ids >= 0).any() else None
-
-
-def exist_forms(tokenizer) -> torch.Tensor | None:
-    """(2, 2) the word ids of "no" and "yes", bare and after a space, where each is one token
-    (-1 where not); None where neither is."""
-    ids = torch.full((2, 2), -1, dtype=torch.long)
-    for k, word in enumerate(("no", "yes")):
+def word_forms(tokenizer, words: list[str]) -> torch.Tensor:
+    """(len(words), 2) the id of each word, bare and after a space, where it is one token (-1
+    where not)."""
+    ids = torch.full((len(words), 2), -1, dtype=torch.long)
+    for k, word in enumerate(words):
         for f, text in enumerate((word, " " + word)):
             enc = tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(enc) == 1:
                 ids[k, f] = enc[0]
+    return ids
+
+
+def count_forms(tokenizer, largest: int = 9) -> torch.Tensor | None:
+    """(largest + 1, 2) the word ids of "0" to str(largest) (``word_forms``); None where no
+    number is one token."""
+    ids = word_forms(tokenizer, [str(k) for k in range(largest + 1)])
     return ids if (ids >= 0).any() else None
+
+
+def exist_forms(tokenizer) -> torch.Tensor | None:
+    """(2, 2) the word ids of "no" and "yes" (``word_forms``); None unless each is one token in
+    one form at least."""
+    ids = word_forms(tokenizer, ["no", "yes"])
+    return ids if (ids >= 0).any(-1).all() else None
 
 
 def bare_forms(tokenizer, num_words: int) -> torch.Tensor:

@@ -146,7 +146,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
             raise ValueError("model.copy_count: the tokenizer says none of the numbers 0 to 9 as one token")
         exist_ids = exist_forms(llm.tokenizer) if count_exist else None
         if count_exist and exist_ids is None:
-            raise ValueError('model.count_exist: the tokenizer says neither "no" nor "yes" as one token')
+            raise ValueError('model.count_exist: the tokenizer must say "no" and "yes" as one token each')
         self.named_copy = NamedCopy(H, bare_forms(llm.tokenizer, llm.vocab.image),
                                     where_feats=d // 2 if copy_where else 0, count_ids=count_ids,
                                     singular_of=singular_forms(llm.tokenizer, llm.vocab.image) if copy_count else None,
