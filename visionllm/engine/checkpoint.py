@@ -138,4 +138,7 @@ def load_model(ckpt_dir: str | Path, device: str | torch.device = "cpu"):
     cfg = load_config(ckpt_dir)
     model = instantiate(cfg.model)
     load_weights(model, ckpt_dir, cfg)
+    count_exist = OmegaConf.select(cfg, "task.vqa.count_exist")
+    if count_exist is not None:  # the run's way of answering existence (tools/infer.py, the API)
+        model.set_count_existence(bool(count_exist))
     return model.to(device).eval(), cfg

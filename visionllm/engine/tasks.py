@@ -34,7 +34,7 @@ DEFAULTS = {
     "grounding": {"rank": "class"},
     "caption": {"candidates": 1, "temperature": 0.7, "scst": None, "no_repeat_ngram": 0, "target": "random",
                 "eval_instruction": None},
-    "vqa": {},
+    "vqa": {"count_exist": None},
 }
 
 
@@ -195,4 +195,7 @@ def evaluate(model, cfg: DictConfig, name: str, val_reader, *, batch_size: int, 
         return evaluate_caption(model, val_reader, candidates=int(opts["candidates"]),
                                 temperature=float(opts["temperature"]), no_repeat_ngram=int(opts["no_repeat_ngram"]),
                                 instruction=opts["eval_instruction"], **common)
-    return evaluate_vqa(model, val_reader, **common)
+    if opts["count_exist"] is None:  # as the model was built
+        return evaluate_vqa(model, val_reader, **common)
+    with model.count_existence(bool(opts["count_exist"])):
+        return evaluate_vqa(model, val_reader, **common)

@@ -121,17 +121,23 @@ class NamedCopy(nn.Module):
             self.count_strength = nn.Linear(hidden_size, 1)
             nn.init.zeros_(self.count_strength.weight)
             nn.init.zeros_(self.count_strength.bias)
-        if exist_ids is not None and count_ids is None:
-            raise ValueError("named copy: existence answers come from the count, and there is none (count_ids)")
+        self.register_buffer("exist_ids", None, persistent=False)
+        self.set_exist_ids(exist_ids)
+
+    def set_exist_ids(self, exist_ids: torch.Tensor | None) -> None:
+        """Existence answers from the count from now on (``exist_ids``, as in ``__init__``), or
+        not (None). The count has no weights of its own for them, so this can change at any time."""
         if exist_ids is None:
             self.exist_ids = None
-        else:
-            exist_ids = exist_ids.long().clone()
-            exist_ids[exist_ids >= self.num_words] = -1
-            if exist_ids.shape != (2, self.count_ids.shape[1]) or not (exist_ids >= 0).any(-1).all():
-                raise ValueError(f'named copy: exist_ids must say "no" and "yes" in the {self.count_ids.shape[1]} '
-                                 f"forms of count_ids, each in one at least; got {exist_ids.tolist()}")
-            self.register_buffer("exist_ids", exist_ids, persistent=False)
+            return
+        if self.count_ids is None:
+            raise ValueError("named copy: existence answers come from the count, and there is none (count_ids)")
+        exist_ids = exist_ids.long().clone().to(self.count_ids.device)
+        exist_ids[exist_ids >= self.num_words] = -1
+        if exist_ids.shape != (2, self.count_ids.shape[1]) or not (exist_ids >= 0).any(-1).all():
+            raise ValueError(f'named copy: exist_ids must say "no" and "yes" in the {self.count_ids.shape[1]} '
+                             f"forms of count_ids, each in one at least; got {exist_ids.tolist()}")
+        self.exist_ids = exist_ids
 
     @property
     def count_words(self) -> torch.Tensor:
