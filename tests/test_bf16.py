@@ -1,6 +1,7 @@
 """Training under bf16 autocast (``trainer.precision=bf16``, the GPU presets' setting) with every
-option ``experiment=shapes`` turns on: the loss is finite, every part gets a gradient, and it is
-close to the float32 loss. CPU autocast takes the same paths as CUDA's for these ops."""
+option ``experiment=shapes`` turns on, and ``model.count_exist``: the loss is finite, every part
+gets a gradient, and it is close to the float32 loss. CPU autocast takes the same paths as
+CUDA's for these ops."""
 
 from pathlib import Path
 
@@ -21,9 +22,10 @@ def shapes_options() -> list[str]:
 
 def test_bf16_autocast_trains_the_shapes_options(shapes_root, tmp_path):
     options = shapes_options()
-    assert "model.count_exist=true" in options and "model.named_copy=true" in options
-    # "yes" and "no" one token each (model.count_exist)
-    model, ds = tiny_model_and_sets(shapes_root, tmp_path, [*options, "tokenizer_vocab_size=800"])
+    assert "model.named_copy=true" in options and "model.referent_loss=1.0" in options
+    # and existence from the count in training too ("yes" and "no" one token each)
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path, [*options, "model.count_exist=true",
+                                                            "tokenizer_vocab_size=800"])
     model.named_copy.strength.bias.data.fill_(0.5)  # a little trained: the copy is used
     batch = collate([ds.sets[t][0] for t in ("detection", "segmentation", "grounding", "caption", "vqa")])
     with torch.no_grad():
