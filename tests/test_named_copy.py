@@ -440,7 +440,7 @@ def test_the_count_loss_teaches_existence_answers_with_count_exist(shapes_root, 
 
 
 def test_existence_from_the_count_can_be_switched_at_answer_time(shapes_root, tmp_path):
-    """model.count_existence: a model built with the count but without count_exist answers
+    """named_copy.count_existence: a model built with the count but without count_exist answers
     existence from the count within the block (its loss on an existence answer changes, as the
     count now speaks at "yes" and "no") and as before after it; a model without the count
     refuses with the option's name. ``task.vqa.count_exist`` is off unless a run sets it, and
@@ -449,6 +449,7 @@ def test_existence_from_the_count_can_be_switched_at_answer_time(shapes_root, tm
 
     from tests.helpers import compose_cfg
     from visionllm.engine.tasks import task_options
+    from visionllm.modeling.named_copy import count_existence, set_count_existence
 
     model, ds = tiny_model_and_sets(shapes_root, tmp_path, [
         "model.token_names=1.0", "model.named_copy=true", "model.copy_count=true", "tokenizer_vocab_size=800"])
@@ -460,7 +461,7 @@ def test_existence_from_the_count_can_be_switched_at_answer_time(shapes_root, tm
     batch = collate(samples)
     with torch.no_grad():
         before = float(model(batch)["loss_text"])
-        with model.count_existence(True):
+        with count_existence(model, True):
             assert model.named_copy.exist_ids is not None
             switched = float(model(batch)["loss_text"])
         after = float(model(batch)["loss_text"])
@@ -468,6 +469,6 @@ def test_existence_from_the_count_can_be_switched_at_answer_time(shapes_root, tm
     assert model.named_copy.exist_ids is None
     plain, _ = tiny_model_and_sets(shapes_root, tmp_path / "plain", ["model.token_names=1.0", "model.named_copy=true"])
     with pytest.raises(ValueError, match="task.vqa.count_exist"):
-        plain.set_count_existence(True)
+        set_count_existence(plain, True)
     assert task_options(OmegaConf.create({"task": {}}), "vqa")["count_exist"] is None
     assert compose_cfg("train", ["experiment=shapes"]).task.vqa.count_exist is True

@@ -25,6 +25,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
+from visionllm.modeling.named_copy import set_count_existence
+
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
 TRAINER_STATE = "trainer_state.pt"
@@ -140,5 +142,5 @@ def load_model(ckpt_dir: str | Path, device: str | torch.device = "cpu"):
     load_weights(model, ckpt_dir, cfg)
     count_exist = OmegaConf.select(cfg, "task.vqa.count_exist")
     if count_exist is not None:  # the run's way of answering existence (tools/infer.py, the API)
-        model.set_count_existence(bool(count_exist))
+        set_count_existence(model, bool(count_exist))
     return model.to(device).eval(), cfg

@@ -20,6 +20,7 @@ from visionllm.evaluation.detection import evaluate_detection
 from visionllm.evaluation.grounding import evaluate_grounding
 from visionllm.evaluation.segmentation import evaluate_segmentation
 from visionllm.evaluation.vqa import evaluate_vqa
+from visionllm.modeling.named_copy import count_existence
 from visionllm.tasks import caption, detection, grounding, segmentation, vqa
 
 log = logging.getLogger(__name__)
@@ -197,5 +198,5 @@ def evaluate(model, cfg: DictConfig, name: str, val_reader, *, batch_size: int, 
                                 instruction=opts["eval_instruction"], **common)
     if opts["count_exist"] is None:  # as the model was built
         return evaluate_vqa(model, val_reader, **common)
-    with model.count_existence(bool(opts["count_exist"])):
+    with count_existence(model, bool(opts["count_exist"])):
         return evaluate_vqa(model, val_reader, **common)

@@ -55,6 +55,7 @@ tokens").
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -265,6 +266,37 @@ def count_distribution(logit_q: torch.Tensor, size: int) -> torch.Tensor:
         moved = torch.cat([log_p.new_full((1,), NO_MASS), log_p[:-1]])
         log_p = torch.logaddexp(log_p + log_not[i], moved + log_q[i])
     return log_p
+
+
+def set_count_existence(model, on: bool) -> None:
+    """From now on ``model`` (a VisionLLM) answers existence from the count ("no" at P(n = 0),
+    "yes" at P(n > 0); ``model.count_exist``) or not, whatever it was built with: this adds no
+    weights, so a model trained either way can answer either way (``task.vqa.count_exist``)."""
+    copy = getattr(model, "named_copy", None)
+    if not on:
+        if copy is not None:
+            copy.set_exist_ids(None)
+        return
+    if copy is None or copy.count_ids is None:
+        raise ValueError("task.vqa.count_exist: existence answers come from the count of model.copy_count, "
+                         "which this model was built without")
+    ids = exist_forms(model.llm.tokenizer)
+    if ids is None:
+        raise ValueError('task.vqa.count_exist: the tokenizer must say "no" and "yes" as one token each')
+    copy.set_exist_ids(ids)
+
+
+@contextmanager
+def count_existence(model, on: bool):
+    """``set_count_existence`` within the block only."""
+    copy = getattr(model, "named_copy", None)
+    kept = None if copy is None else copy.exist_ids
+    set_count_existence(model, on)
+    try:
+        yield
+    finally:
+        if copy is not None:
+            copy.set_exist_ids(kept)
 
 
 def log_some(logit_q: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ text requests by ordinary generation.
 from __future__ import annotations
 
 from collections import defaultdict
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -152,7 +151,6 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
                                     where_feats=d // 2 if copy_where else 0, count_ids=count_ids,
                                     singular_of=singular_forms(llm.tokenizer, llm.vocab.image) if copy_count else None,
                                     follow=copy_follow, exist_ids=exist_ids) if named_copy else None
-        self._exist_ids = exist_forms(llm.tokenizer) if copy_count else None  # for count_existence
         self.none_weight = none_weight
         # [ours] a referring answer's group taught to outscore the other groups (losses.answer_loss)
         if referent_loss < 0:
@@ -467,29 +465,6 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
                 said = torch.stack([per_position[p][0][2, labels[p]] for p in at])
                 loss = loss - self.count_loss * (said * scale[at]).sum()
         return loss
-
-    def set_count_existence(self, on: bool) -> None:
-        """From now on existence answers come from the count ("no" at P(n = 0), "yes" at P(n >
-        0); ``model.count_exist``) or not, whatever the model was built with: it adds no weights,
-        so a model trained either way can answer either way (``task.vqa.count_exist``)."""
-        copy = self.named_copy
-        if on and (copy is None or copy.count_ids is None):
-            raise ValueError("task.vqa.count_exist: existence answers come from the count of model.copy_count, "
-                             "which this model was built without")
-        if on and self._exist_ids is None:
-            raise ValueError('task.vqa.count_exist: the tokenizer must say "no" and "yes" as one token each')
-        if copy is not None:
-            copy.set_exist_ids(self._exist_ids if on else None)
-
-    @contextmanager
-    def count_existence(self, on: bool):
-        """``set_count_existence`` within the block only."""
-        kept = self.named_copy is not None and self.named_copy.exist_ids is not None
-        self.set_count_existence(on)
-        try:
-            yield
-        finally:
-            self.set_count_existence(kept)
 
     @torch.no_grad()
     def predict(self, batch: dict, *, max_new_tokens: int = 64, temperature: float = 0.0,
