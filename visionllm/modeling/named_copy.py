@@ -268,6 +268,35 @@ def count_distribution(logit_q: torch.Tensor, size: int) -> torch.Tensor:
     return log_p
 
 
+def build_named_copy(tokenizer, num_words: int, hidden_size: int, *, named_copy: bool, where_feats: int = 0,
+                     copy_count: bool = False, copy_follow: bool = False,
+                     count_exist: bool = False) -> NamedCopy | None:
+    """The model's named copy from its options (``model.named_copy``, ``copy_where`` as
+    ``where_feats`` > 0, ``copy_count``, ``copy_follow``, ``count_exist``) over the tokenizer's
+    first ``num_words`` ids (the text words), or None where ``named_copy`` is off; an option
+    that needs another which is off, or words the tokenizer cannot say as one token, get a
+    clear error."""
+    needs_copy = {"copy_where": (where_feats, "adds to the named copy's read"),
+                  "copy_count": (copy_count, "counts the tokens the named copy's question names"),
+                  "copy_follow": (copy_follow, "moves the named copy's pointer along an answer")}
+    for name, (on, what) in needs_copy.items():
+        if on and not named_copy:
+            raise ValueError(f"model.{name} {what}: it needs model.named_copy=true")
+    if count_exist and not copy_count:
+        raise ValueError("model.count_exist answers existence from the count of model.copy_count, which is off")
+    if not named_copy:
+        return None
+    count_ids = count_forms(tokenizer) if copy_count else None
+    if copy_count and count_ids is None:
+        raise ValueError("model.copy_count: the tokenizer says none of the numbers 0 to 9 as one token")
+    exist_ids = exist_forms(tokenizer) if count_exist else None
+    if count_exist and exist_ids is None:
+        raise ValueError('model.count_exist: the tokenizer must say "no" and "yes" as one token each')
+    return NamedCopy(hidden_size, bare_forms(tokenizer, num_words), where_feats=where_feats, count_ids=count_ids,
+                     singular_of=singular_forms(tokenizer, num_words) if copy_count else None,
+                     follow=copy_follow, exist_ids=exist_ids)
+
+
 def set_count_existence(model, on: bool) -> None:
     """From now on ``model`` (a VisionLLM) answers existence from the count ("no" at P(n = 0),
     "yes" at P(n > 0); ``model.count_exist``) or not, whatever it was built with: this adds no

@@ -27,13 +27,7 @@ from visionllm.modeling.losses import (
 )
 from visionllm.modeling.name_location import NameLocation
 from visionllm.modeling.name_pool import NamePool
-from visionllm.modeling.named_copy import (
-    NamedCopy,
-    bare_forms,
-    count_forms,
-    exist_forms,
-    singular_forms,
-)
+from visionllm.modeling.named_copy import build_named_copy
 from visionllm.modeling.naming import TokenNaming, image_extent, side_words
 from visionllm.modeling.readout import TextReadout
 from visionllm.modeling.readout import rms as _rms
@@ -125,32 +119,15 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         if named_copy and self.token_names <= 0:
             raise ValueError("model.named_copy reads what the LLM's head names at the image tokens: it needs "
                              "model.token_names > 0 (token naming), which is off")
-        if copy_where and not named_copy:
-            raise ValueError("model.copy_where adds to the named copy's read: it needs model.named_copy=true")
-        if copy_count and not named_copy:
-            raise ValueError("model.copy_count counts the tokens the named copy's question names: it needs "
-                             "model.named_copy=true")
-        if copy_follow and not named_copy:
-            raise ValueError("model.copy_follow moves the named copy's pointer along an answer: it needs "
-                             "model.named_copy=true")
         if count_loss and not copy_count:
             raise ValueError("model.count_loss teaches the count of model.copy_count, which is off")
-        if count_exist and not copy_count:
-            raise ValueError("model.count_exist answers existence from the count of model.copy_count, which is off")
         # [ours] the count's own distribution also learns the number answers directly, weighted
         # (docs/design.md, "Counting from the tokens"): else a count the model has turned off
         # early (its strength below 0) is never taught
         self.count_loss = float(count_loss)
-        count_ids = count_forms(llm.tokenizer) if copy_count else None
-        if copy_count and count_ids is None:
-            raise ValueError("model.copy_count: the tokenizer says none of the numbers 0 to 9 as one token")
-        exist_ids = exist_forms(llm.tokenizer) if count_exist else None
-        if count_exist and exist_ids is None:
-            raise ValueError('model.count_exist: the tokenizer must say "no" and "yes" as one token each')
-        self.named_copy = NamedCopy(H, bare_forms(llm.tokenizer, llm.vocab.image),
-                                    where_feats=d // 2 if copy_where else 0, count_ids=count_ids,
-                                    singular_of=singular_forms(llm.tokenizer, llm.vocab.image) if copy_count else None,
-                                    follow=copy_follow, exist_ids=exist_ids) if named_copy else None
+        self.named_copy = build_named_copy(llm.tokenizer, llm.vocab.image, H, named_copy=named_copy,
+                                           where_feats=d // 2 if copy_where else 0, copy_count=copy_count,
+                                           copy_follow=copy_follow, count_exist=count_exist)
         self.none_weight = none_weight
         # [ours] a referring answer's group taught to outscore the other groups (losses.answer_loss)
         if referent_loss < 0:
