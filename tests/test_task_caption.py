@@ -111,6 +111,38 @@ def test_consensus_target_keeps_the_kind_and_picks_the_agreed_reference(shapes_r
         caption.consensus_from_reader("consensus", object())
 
 
+def test_references_at_positions_are_the_only_targets(shapes_root):
+    train = KarpathyCaptions(root=shapes_root, split_file=shapes_root / "karpathy/dataset_coco.json", split="train")
+    rng = random.Random(0)
+    seen = set()
+    for i in range(len(train)):
+        rec = train[i]
+        refs = [c.strip() for c in rec["captions"]]
+        for _ in range(4):
+            s = caption.training_sample(rec, image_size=64, rng=rng, positions=(1, 4))
+            # only references 1 and 4 are learned; the wish still fits the one drawn; all are kept for rewards
+            assert s["target"]["text"] in (refs[1], refs[4])
+            seen.add(refs.index(s["target"]["text"]))
+            assert s["instruction"] in [t.format(n=len(s["target"]["text"].split()))
+                                        for t in BANKS[caption.length_kind(s["target"]["text"])]]
+            assert s["target"]["references"] == refs
+    assert seen == {1, 4}
+    # positions past an image's list are skipped; none left is a clear error
+    rec = {"image_id": 7, "captions": ["a red circle.", "two stars."]}
+    assert caption.learned_references(rec, (1, 5)) == ["two stars."]
+    with pytest.raises(ValueError, match=r"image 7 has no caption to learn from at positions \[5\]"):
+        caption.learned_references(rec, (5,))
+    assert caption.check_positions(None) is None and caption.check_positions([0, 1, 4]) == (0, 1, 4)
+    for bad in ([], [1, 1], [-1], ["a"], "1", 3, [True]):
+        with pytest.raises(ValueError, match="task.caption.references"):
+            caption.check_positions(bad)
+    # the option reaches the training sampler from the config
+    cfg = OmegaConf.create({"task": {"caption": {"references": [4]}}})
+    build = tasks._builder("caption", tasks.task_options(cfg, "caption"), 64, None, train)
+    rec = train[0]
+    assert all(build(rec, random.Random(k))["target"]["text"] == rec["captions"][4].strip() for k in range(5))
+
+
 def test_scores_oracle_and_wrong(test_reader):
     refs = {e["cocoid"]: [s["raw"].strip() for s in e["sentences"]] for e in test_reader.entries}
     metrics, results, table = evaluate_caption(

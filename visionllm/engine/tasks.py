@@ -34,7 +34,7 @@ DEFAULTS = {
                      "described": 0.0, "eval_classes_per_group": 3, "eval_location_window": 0},
     "grounding": {"rank": "class"},
     "caption": {"candidates": 1, "temperature": 0.7, "scst": None, "no_repeat_ngram": 0, "target": "random",
-                "eval_instruction": None},
+                "references": None, "eval_instruction": None},
     "vqa": {"count_exist": None},
 }
 
@@ -64,7 +64,9 @@ def _builder(name: str, opts: dict, image_size: int, vocabulary: list[str] | Non
         return lambda r, rng: segmentation.training_sample(r, rng=rng, num_points_choices=tuple(opts["points"]), **common)
     if name == "caption":
         consensus = caption.consensus_from_reader(opts["target"], reader)
-        return lambda r, rng: caption.training_sample(r, image_size=image_size, rng=rng, consensus=consensus)
+        positions = caption.check_positions(opts["references"])
+        return lambda r, rng: caption.training_sample(r, image_size=image_size, rng=rng, consensus=consensus,
+                                                      positions=positions)
     module = {"grounding": grounding, "vqa": vqa}[name]
     return lambda r, rng: module.training_sample(r, image_size=image_size, rng=rng)
 

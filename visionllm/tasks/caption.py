@@ -9,6 +9,11 @@ With ``task.caption.target: consensus`` the drawn reference decides only the kin
 is then the image's reference of that kind that agrees best with its other references
 (CIDEr-D, :class:`Consensus`), so each image and wish teach one caption, the one its
 annotators shared most (docs/design.md, "Consensus targets").
+
+With ``task.caption.references`` (a list of positions) training learns only from the
+references at those positions of each image's list, where the data set writes each style at
+one position (the built-in shapes: brief, counts, colours, positional, detailed); the
+evaluation still scores against all of them (docs/design.md, "One style a wish").
 """
 
 from __future__ import annotations
@@ -128,10 +133,37 @@ def consensus_from_reader(target: str, reader) -> Consensus | None:
     return Consensus(reader.reference_captions())
 
 
-def training_sample(record: dict, *, image_size: int, rng: random.Random, consensus: Consensus | None = None) -> dict:
-    captions = [c.strip() for c in record["captions"] if c.strip()]
+def check_positions(positions) -> tuple[int, ...] | None:
+    """``task.caption.references``: None (every reference) or a non-empty list of distinct
+    positions >= 0 in each image's reference list."""
+    if positions is None:
+        return None
+    if isinstance(positions, (str, bytes)) or not hasattr(positions, "__iter__"):
+        raise ValueError(f"task.caption.references: expected null or a list of positions such as [0, 1, 4], "
+                         f"got {positions!r}")
+    out = tuple(positions)
+    if not out or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in out) or len(set(out)) < len(out):
+        raise ValueError(f"task.caption.references: expected distinct whole numbers >= 0 (positions in each image's "
+                         f"list of references, e.g. [0, 1, 4]), got {list(out)!r}")
+    return out
+
+
+def learned_references(record: dict, positions: tuple[int, ...] | None = None) -> list[str]:
+    """The references training learns from: every non-empty one, or those at ``positions``."""
+    captions = [c.strip() for c in record["captions"]]
+    if positions is not None:
+        captions = [captions[i] for i in positions if i < len(captions)]
+    captions = [c for c in captions if c]
     if not captions:
-        raise ValueError(f"image {record['image_id']} has no caption to learn from")
+        where = "" if positions is None else f" at positions {list(positions)} (task.caption.references)"
+        raise ValueError(f"image {record['image_id']} has no caption to learn from{where}; "
+                         f"it has {len(record['captions'])} reference(s)")
+    return captions
+
+
+def training_sample(record: dict, *, image_size: int, rng: random.Random, consensus: Consensus | None = None,
+                    positions: tuple[int, ...] | None = None) -> dict:
+    captions = learned_references(record, positions)
     caption = rng.choice(captions)
     kind = length_kind(caption)
     if consensus is not None:
@@ -143,7 +175,7 @@ def training_sample(record: dict, *, image_size: int, rng: random.Random, consen
         "instruction": make_instruction(kind, n=num_words(caption), rng=rng),
         "request": Request(kind="text"),
         # the image's references and the wish, for self-critical training (engine/scst.py)
-        "target": {"text": caption, "references": captions, "wish": (kind, num_words(caption))},
+        "target": {"text": caption, "references": [c.strip() for c in record["captions"] if c.strip()], "wish": (kind, num_words(caption))},
         "meta": sample_meta(record, scale),
     }
 
