@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from visionllm.modeling.name_location import NameLocation, box_features
@@ -47,6 +48,36 @@ def test_it_learns_at_its_own_rate_without_decaying_faster():
     assert head["lr"] == 1e-3 * NameLocation.lr_mult
     assert abs(head["lr"] * head["weight_decay"] - 1e-3 * 0.05) < 1e-12  # AdamW's decay a step unchanged
     assert by_size[16]["lr"] == 1e-3 and by_size[16]["weight_decay"] == 0.05  # the body's weight
+
+
+def test_it_stays_at_zero_until_its_start():
+    from omegaconf import OmegaConf
+
+    from visionllm.engine.optim import build_optimizer
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(4, 4)
+            self.loc = NameLocation(16, start=0.5)
+
+    model = Two()
+    tc = OmegaConf.create({"lr": 1e-3, "backbone_lr_mult": 0.1, "weight_decay": 0.05, "warmup_steps": 2, "max_steps": 10})
+    opt, sched = build_optimizer(model, tc)
+    x = torch.randn(3, 16)
+    body_before = model.body.weight.detach().clone()
+    for step in range(10):
+        opt.zero_grad()
+        words = x[None, None].expand(1, 1, 3, 16)[:, :, 0]  # (1, K=1, H)
+        points = torch.rand(1, 4, 2, 2)
+        (model.loc(words, points).sum() + model.body(torch.ones(4)).sum()).backward()
+        opt.step()
+        sched.step()
+        # held at zero until step 5 (progress 0.5), then it learns; the rest learns from the start
+        assert bool(model.loc.proj.weight.abs().sum() == 0) == (step < 5), step
+    assert not torch.equal(model.body.weight, body_before)
+    with pytest.raises(ValueError, match="name_location_from"):
+        NameLocation(16, start=1.0)
 
 
 def test_it_learns_which_way_a_word_points():

@@ -49,8 +49,13 @@ class NameLocation(nn.Module):
     # tenth of a logit between two circles 0.1 apart (docs/results.md, "Where a name points")
     lr_mult = 100.0
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, start: float = 0.0):
+        """``start``: the fraction of the run before which the map stays at zero (its rate is 0,
+        ``optim.build_optimizer``), so that it learns on trained boxes and names only."""
         super().__init__()
+        if not 0.0 <= start < 1.0:
+            raise ValueError(f"model.name_location_from must be a fraction of the run in [0, 1), not {start!r}")
+        self.lr_from = float(start)
         self.proj = nn.Linear(hidden, NUM_FEATURES, bias=False)
         nn.init.zeros_(self.proj.weight)
 

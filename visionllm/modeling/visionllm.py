@@ -70,6 +70,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         referent_loss: float = 0.0,
         copy_follow: bool = False,
         name_location: bool = False,
+        name_location_from: float = 0.0,
         group_attention: str = "blocks",
     ):
         super().__init__()
@@ -95,7 +96,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         # [ours] the name's words weighed by a learned score rather than alike (name_pool.py)
         self.name_pool = NamePool(H) if name_pool else None
         # [ours] a name's words also score each group's box (name_location.py; "the leftmost circle")
-        self.name_location = NameLocation(H) if name_location else None
+        self.name_location = NameLocation(H, start=name_location_from) if name_location else None
         # [ours] text answers may read the image tokens directly (readout.py; docs/design.md)
         self.text_readout = TextReadout(H, pixel_dim=d) if text_readout else None
         # [ours] each image token matched to an object names it in words, read through the
