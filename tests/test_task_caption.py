@@ -16,6 +16,13 @@ BANKS = {"brief": caption.BRIEF_TEMPLATES, "about": caption.ABOUT_TEMPLATES, "de
 
 
 @pytest.fixture(scope="module")
+def train_records(shapes_root):
+    """Every record of the built-in training split (images decoded once for the module)."""
+    train = KarpathyCaptions(root=shapes_root, split_file=shapes_root / "karpathy/dataset_coco.json", split="train")
+    return train, [train[i] for i in range(len(train))]
+
+
+@pytest.fixture(scope="module")
 def test_reader(shapes_root):
     return KarpathyCaptions(root=shapes_root, split_file=shapes_root / "karpathy/dataset_coco.json", split="test")
 
@@ -59,12 +66,10 @@ def test_requested_length():
         caption.make_instruction("long")
 
 
-def test_training_wish_fits_the_answer(shapes_root):
-    train = KarpathyCaptions(root=shapes_root, split_file=shapes_root / "karpathy/dataset_coco.json", split="train")
+def test_training_wish_fits_the_answer(train_records):
     rng = random.Random(0)
     kinds = set()
-    for i in range(len(train)):
-        rec = train[i]
+    for rec in train_records[1]:
         for _ in range(3):
             s = caption.training_sample(rec, image_size=64, rng=rng)
             assert set(s) == {"image", "pixel_mask", "instruction", "request", "target", "meta"}
@@ -79,14 +84,13 @@ def test_training_wish_fits_the_answer(shapes_root):
     assert kinds == set(BANKS)
 
 
-def test_consensus_target_keeps_the_kind_and_picks_the_agreed_reference(shapes_root):
-    train = KarpathyCaptions(root=shapes_root, split_file=shapes_root / "karpathy/dataset_coco.json", split="train")
+def test_consensus_target_keeps_the_kind_and_picks_the_agreed_reference(train_records):
+    train, records = train_records
     agree = caption.consensus_from_reader("consensus", train)
     assert caption.consensus_from_reader("random", train) is None
     rng_a, rng_b = random.Random(0), random.Random(0)
     changed = 0
-    for i in range(len(train)):
-        rec = train[i]
+    for rec in records:
         refs = [c.strip() for c in rec["captions"]]
         scores = agree.scores(refs)
         for _ in range(3):
@@ -111,12 +115,11 @@ def test_consensus_target_keeps_the_kind_and_picks_the_agreed_reference(shapes_r
         caption.consensus_from_reader("consensus", object())
 
 
-def test_references_at_positions_are_the_only_targets(shapes_root):
-    train = KarpathyCaptions(root=shapes_root, split_file=shapes_root / "karpathy/dataset_coco.json", split="train")
+def test_references_at_positions_are_the_only_targets(train_records):
+    train, records = train_records
     rng = random.Random(0)
     seen = set()
-    for i in range(len(train)):
-        rec = train[i]
+    for rec in records:
         refs = [c.strip() for c in rec["captions"]]
         for _ in range(4):
             s = caption.training_sample(rec, image_size=64, rng=rng, positions=(1, 4))
@@ -139,7 +142,7 @@ def test_references_at_positions_are_the_only_targets(shapes_root):
     # the option reaches the training sampler from the config
     cfg = OmegaConf.create({"task": {"caption": {"references": [4]}}})
     build = tasks._builder("caption", tasks.task_options(cfg, "caption"), 64, None, train)
-    rec = train[0]
+    rec = records[0]
     assert all(build(rec, random.Random(k))["target"]["text"] == rec["captions"][4].strip() for k in range(5))
 
 

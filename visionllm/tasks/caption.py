@@ -175,7 +175,7 @@ def training_sample(record: dict, *, image_size: int, rng: random.Random, consen
         "instruction": make_instruction(kind, n=num_words(caption), rng=rng),
         "request": Request(kind="text"),
         # the image's references and the wish, for self-critical training (engine/scst.py)
-        "target": {"text": caption, "references": [c.strip() for c in record["captions"] if c.strip()], "wish": (kind, num_words(caption))},
+        "target": {"text": caption, "references": learned_references(record), "wish": (kind, num_words(caption))},
         "meta": sample_meta(record, scale),
     }
 
