@@ -138,3 +138,11 @@ def test_the_model_takes_it_and_trains_it(shapes_root, tmp_path):
         torch.nn.init.normal_(model.name_location.proj.weight)
         moved = model.predict(batch)
     assert not all(torch.allclose(a["probs"], b["probs"]) for a, b in zip(moved, without))
+
+
+def test_a_start_without_the_term_is_an_error(shapes_root, tmp_path):
+    from helpers import tiny_model_and_sets
+
+    with pytest.raises(Exception, match="it needs model.name_location=true"):
+        tiny_model_and_sets(shapes_root, tmp_path, extra=["model.name_location_from=0.5"], task="grounding")
+

@@ -96,6 +96,9 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         # [ours] the name's words weighed by a learned score rather than alike (name_pool.py)
         self.name_pool = NamePool(H) if name_pool else None
         # [ours] a name's words also score each group's box (name_location.py; "the leftmost circle")
+        if name_location_from and not name_location:
+            raise ValueError("model.name_location_from holds model.name_location at zero for part of the run: "
+                             "it needs model.name_location=true")
         self.name_location = NameLocation(H, start=name_location_from) if name_location else None
         # [ours] text answers may read the image tokens directly (readout.py; docs/design.md)
         self.text_readout = TextReadout(H, pixel_dim=d) if text_readout else None
