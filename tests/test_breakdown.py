@@ -72,3 +72,17 @@ def test_breakdown_of_an_eval_dir(tmp_path):
     assert g["attr"]["wrong_object"] == {"look_alike": 0.0, "anchor": 0.0, "other": 1.0}  # the box on nothing is not counted
     v = breakdown.vqa(json.loads((tmp_path / "vqa.json").read_text()))
     assert v == {"count": {"accuracy": 0.5, "questions": 2, "most_common_prediction": "2", "its_share": 1.0}}
+
+
+def test_what_captions_name():
+    instances = {"categories": [{"id": 1, "name": "circle"}, {"id": 2, "name": "star"}],
+                 "annotations": [{"image_id": 7, "bbox": [0, 0, 1, 1], "category_id": 1, "attributes": ["red"]},
+                                 {"image_id": 7, "bbox": [2, 2, 1, 1], "category_id": 2, "attributes": ["blue"]},
+                                 {"image_id": 7, "bbox": [4, 4, 1, 1], "category_id": 2, "attributes": ["blue"]}]}
+    # right, right again (a repeat), colour and shape of two objects on one, a colour on a shape
+    # the image lacks... and a plural of a right pair
+    out = breakdown.caption_mentions([{"image_id": 7, "caption": "A red circle, a red circle, a red star, "
+                                                                  "a blue hexagon and two blue stars."}], instances)
+    assert out == {"mentions": 4, "precision": 0.75, "bound_wrong": 1.0, "repeats": 1, "coverage": 1.0}
+    out = breakdown.caption_mentions([{"image_id": 7, "caption": "A blue square."}], instances)
+    assert out == {"mentions": 0, "precision": None, "bound_wrong": None, "repeats": 0, "coverage": 0.0}

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from visionllm.modeling.name_location import NameLocation, box_features
+from visionllm.modeling.name_location import NameLocation, box_features, relative_features
 
 
 def test_box_features_of_a_box_and_of_a_polygon():
@@ -80,7 +80,8 @@ def test_it_stays_at_zero_until_its_start():
         NameLocation(16, start=1.0)
 
 
-def test_it_learns_which_way_a_word_points():
+@pytest.mark.parametrize("relative", [False, True])
+def test_it_learns_which_way_a_word_points(relative):
     """Names "<side> <noun>", each image with three objects of the noun and two others: the
     target is the noun's object furthest to the side. With the name score alone (the noun's
     objects alike), the best group is one of three; with the box term learned through a softmax
@@ -89,7 +90,7 @@ def test_it_learns_which_way_a_word_points():
     H = 16
     sides = torch.randn(4, H, generator=g)  # left, right, top, bottom
     noun = torch.randn(H, generator=g)
-    loc = NameLocation(H)
+    loc = NameLocation(H, relative=relative)
     opt = torch.optim.Adam(loc.parameters(), lr=1e-3 * NameLocation.lr_mult)
 
     def batch(n=64):
@@ -107,22 +108,44 @@ def test_it_learns_which_way_a_word_points():
 
     for _ in range(300):
         words, points, match, target = batch()
-        logits = match + loc(words, points)[..., 0]
+        logits = match + loc(words, points, match[None, :, None].expand(len(points), -1, 1))[..., 0]
         loss = torch.nn.functional.cross_entropy(logits, target)
         opt.zero_grad()
         loss.backward()
         opt.step()
     words, points, match, target = batch(400)
-    picked = (match + loc(words, points)[..., 0]).argmax(1)
+    picked = (match + loc(words, points, match[None, :, None].expand(len(points), -1, 1))[..., 0]).argmax(1)
     assert (picked == target).float().mean() > 0.9
 
 
-def test_the_model_takes_it_and_trains_it(shapes_root, tmp_path):
+def test_relative_features_are_a_place_among_look_alikes():
+    """Three circles at x 0.30, 0.35 and 0.60 and a star further left at 0.10: on the x centre
+    the leftmost circle is near +1 (every other circle lies to its right), the middle one
+    between, the rightmost near -1; the star, which does not fit "circle", hardly counts."""
+    xs = torch.tensor([0.30, 0.35, 0.60, 0.10])
+    boxes = torch.stack([torch.stack([xs - 0.02, torch.full_like(xs, 0.5)], -1),
+                         torch.stack([xs + 0.02, torch.full_like(xs, 0.54)], -1)], 1)  # (4, 2 corners, 2)
+    fit = torch.tensor([6.0, 6.0, 6.0, -6.0])[None, :, None]  # (1, M, K = 1)
+    rel = relative_features(box_features(boxes)[None], fit)[0, :, 0, 0]  # x centre
+    assert rel[0] > 0.95 and rel[2] < -0.95 and -0.5 < rel[1] < 0.5, rel
+    assert rel[3] > 0.95  # everything that fits lies right of the star too
+    # only the order among what fits counts: move the circles apart, same places
+    wide = boxes.clone()
+    wide[:3, :, 0] += torch.tensor([-0.2, 0.0, 0.3])[:, None]
+    rel_wide = relative_features(box_features(wide)[None], fit)[0, :, 0, 0]
+    assert rel_wide[0] > 0.95 and rel_wide[2] < -0.95
+    with pytest.raises(ValueError, match="fit"):
+        NameLocation(8, relative=True)(torch.zeros(1, 1, 8), boxes[None])
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_the_model_takes_it_and_trains_it(shapes_root, tmp_path, relative):
     from helpers import tiny_model_and_sets
     from visionllm.data.transforms import collate
 
-    model, ds = tiny_model_and_sets(shapes_root, tmp_path, extra=["model.name_location=true"], task="grounding")
-    assert isinstance(model.name_location, NameLocation)
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path, task="grounding", extra=[
+        "model.name_location=true", f"model.name_location_relative={str(relative).lower()}"])
+    assert isinstance(model.name_location, NameLocation) and model.name_location.relative == relative
     batch = collate([ds.sets["grounding"][i] for i in range(2)])
     out = model(batch)
     out["loss"].backward()
@@ -145,4 +168,6 @@ def test_a_start_without_the_term_is_an_error(shapes_root, tmp_path):
 
     with pytest.raises(Exception, match="it needs model.name_location=true"):
         tiny_model_and_sets(shapes_root, tmp_path, extra=["model.name_location_from=0.5"], task="grounding")
+    with pytest.raises(Exception, match="it needs model.name_location=true"):
+        tiny_model_and_sets(shapes_root, tmp_path, extra=["model.name_location_relative=true"], task="grounding")
 

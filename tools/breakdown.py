@@ -19,7 +19,14 @@ caption variety, from the files ``tools/eval.py`` writes.
   colour words are the instances' ``attributes``, shape words their category names;
 - VQA (vqa.json): accuracy per question type (count, exist, color, shape, position) and the
   share of the most common prediction per type (1.0: one answer whatever the image);
-- captions (captions.json): distinct captions / captions (low: the text ignores the image).
+- captions (captions.json): distinct captions / captions (low: the text ignores the image);
+  with ``--caption-instances`` (the instances of the captioned images, on shapes
+  annotations/instances_val2017.json), the colour-and-shape pairs the captions name
+  ("a red circle", "two blue stars"): ``mentions``, the share that is an object of the image
+  (``precision``), of the rest the share whose colour and shape are each in the image on other
+  objects (``bound_wrong``: two objects' words on one), pairs named again in one caption
+  (``repeats``) and the mean share of an image's kinds of object its caption names
+  (``coverage``).
 
 Prints one JSON object. The kinds are read off English phrasing, so on other data sets
 they are a rough grouping; everything else is exact.
@@ -168,10 +175,39 @@ def captions(results: list[dict]) -> dict:
     return {"captions": len(texts), "distinct": len(set(texts)), "distinct_share": round(len(set(texts)) / max(len(texts), 1), 3)}
 
 
+def caption_mentions(results: list[dict], instances: dict) -> dict:
+    """The colour-and-shape pairs the captions name, against the images' objects (the module's doc)."""
+    objects = image_objects(instances)
+    colours = {c for objs in objects.values() for _, attrs, _ in objs for c in attrs}
+    shapes = {c["name"] for c in instances.get("categories", [])}
+
+    def shape_of(word: str) -> str | None:
+        return next((w for w in (word, word[:-1], word[:-2]) if w in shapes), None)
+
+    mentions = right = bound_wrong = repeats = 0
+    coverage = []
+    for r in results:
+        kinds = {(c, o[2]) for o in objects.get(r["image_id"], []) for c in o[1]}
+        words = re.findall(r"[a-z]+", r["caption"].lower())
+        named = [(a, shape_of(b)) for a, b in zip(words, words[1:]) if a in colours and shape_of(b)]
+        mentions += len(named)
+        right += sum(n in kinds for n in named)
+        bound_wrong += sum(n not in kinds and any(c == n[0] for c, _ in kinds) and any(o == n[1] for _, o in kinds)
+                           for n in named)
+        repeats += len(named) - len(set(named))
+        coverage.append(len(set(named) & kinds) / len(kinds) if kinds else 1.0)
+    wrong = mentions - right
+    return {"mentions": mentions, "precision": round(right / mentions, 3) if mentions else None,
+            "bound_wrong": round(bound_wrong / wrong, 3) if wrong else None, "repeats": repeats,
+            "coverage": round(sum(coverage) / len(coverage), 3) if coverage else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("eval_dir", type=Path)
     ap.add_argument("--instances", type=Path, help="the COCO instances the expressions refer to (refcoco/instances.json), for wrong-object counts")
+    ap.add_argument("--caption-instances", type=Path,
+                    help="the instances of the captioned images (annotations/instances_val2017.json), for what captions name")
     args = ap.parse_args()
     out = {}
     files = {"grounding": "grounding.json", "vqa": "vqa.json", "caption": "captions.json"}
@@ -181,6 +217,8 @@ def main() -> None:
             continue
         results = json.loads(path.read_text())
         out[name] = grounding(results, args.instances) if name == "grounding" else vqa(results) if name == "vqa" else captions(results)
+        if name == "caption" and args.caption_instances:
+            out[name]["named"] = caption_mentions(results, json.loads(args.caption_instances.read_text()))
     if not out:
         raise SystemExit(f"{args.eval_dir}: none of {', '.join(files.values())} (write them with tools/eval.py output_dir=...)")
     print(json.dumps(out, indent=1))

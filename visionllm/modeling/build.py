@@ -31,8 +31,10 @@ def build_visionllm(
     name_pool: bool = False,
     referent_loss: float = 0.0,
     copy_follow: bool = False,
+    copy_stay: bool = False,
     name_location: bool = False,
     name_location_from: float = 0.0,
+    name_location_relative: bool = False,
     group_attention: str = "blocks",
 ) -> VisionLLM:
     tokenizer = ImageTokenizer(backbone=backbone, text_encoder=text_encoder, **dict(image_tokenizer))
@@ -41,5 +43,6 @@ def build_visionllm(
                      text_readout=text_readout, token_names=token_names, token_names_layer=token_names_layer,
                      named_copy=named_copy, copy_where=copy_where, token_sides=token_sides, copy_count=copy_count,
                      count_loss=count_loss, count_exist=count_exist, name_pool=name_pool, referent_loss=referent_loss,
-                     copy_follow=copy_follow, name_location=name_location, name_location_from=name_location_from,
+                     copy_follow=copy_follow, copy_stay=copy_stay, name_location=name_location, name_location_from=name_location_from,
+                     name_location_relative=name_location_relative,
                      group_attention=group_attention)

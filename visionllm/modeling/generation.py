@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from visionllm.modeling.named_copy import Trail
 from visionllm.tasks.instructions import question_line
 
 
@@ -82,6 +83,8 @@ class TextWriting:
             asked = question_line(instruction)
             copy = self._copy_tables(seen.get("out", embeds)[0], ids, image_tokens[0][0], objectness, [asked],
                                      anchors)[asked]
+        # the copy's pointer path along each answer (model.copy_stay), from its first word
+        trail = Trail() if copy is not None and self.named_copy.stay is not None else None
         cache, last = out.past_key_values, out.last_hidden_state[:, -1:]
         if R > 1:
             cache.batch_repeat_interleave(R)
@@ -90,7 +93,7 @@ class TextWriting:
         done = torch.zeros(R, dtype=torch.bool, device=prefix.device)
         for _ in range(max_new_tokens):
             hidden = self._read(last, question, image_tokens)[:, -1]  # (R, H)
-            logits = self.llm.logits(hidden) if copy is None else self._copy_logp(hidden, [copy] * R)
+            logits = self.llm.logits(hidden) if copy is None else self._copy_logp(hidden, [copy] * R, trail)
             if no_repeat_ngram > 0 and new.shape[1] >= no_repeat_ngram:
                 logits = logits.clone()
                 for r, row in enumerate(new.tolist()):

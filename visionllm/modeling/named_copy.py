@@ -69,7 +69,7 @@ class NamedCopy(nn.Module):
 
     def __init__(self, hidden_size: int, bare_of: torch.Tensor, where_feats: int = 0,
                  count_ids: torch.Tensor | None = None, singular_of: torch.Tensor | None = None,
-                 follow: bool = False, exist_ids: torch.Tensor | None = None):
+                 follow: bool = False, exist_ids: torch.Tensor | None = None, stay: bool = False):
         """``bare_of`` (V,): for each text word id, the id of the same word without its leading
         space where the vocabulary has one (``bare_forms``), else the id itself; ``where_feats``
         > 0: the read also takes the pointed-at location, W_l sum_i alpha_i sine(l_i), with that
@@ -81,7 +81,9 @@ class NamedCopy(nn.Module):
         along the answer, by a query from each position's state (``move``; zero at the start);
         ``exist_ids`` (2, F): the word ids of "no" and "yes" in F forms (-1: none;
         ``exist_forms``), which the count then also says, at P(n = 0) and P(n > 0) (None: it
-        does not; needs ``count_ids``)."""
+        does not; needs ``count_ids``); ``stay``: the moving pointer also remembers where it was
+        (``move``: it may stay on the object it pointed at a word before, or leave the objects
+        it has covered; needs ``follow``)."""
         super().__init__()
         self.num_words = int(bare_of.numel())
         self.register_buffer("bare_of", bare_of.long().clone(), persistent=False)  # from the tokenizer
@@ -109,6 +111,13 @@ class NamedCopy(nn.Module):
         self.follow = nn.Linear(hidden_size, hidden_size, bias=False) if follow else None
         if self.follow is not None:
             nn.init.zeros_(self.follow.weight)
+        if stay and not follow:
+            raise ValueError("named copy: stay remembers where the moving pointer was; it needs follow")
+        # (g_t, w_t) from each position's state: how much it stays, how much it leaves the covered
+        self.stay = nn.Linear(hidden_size, 2) if stay else None
+        if self.stay is not None:
+            nn.init.zeros_(self.stay.weight)
+            nn.init.zeros_(self.stay.bias)
         if count_ids is None:
             self.count_ids = None
         else:
@@ -206,27 +215,84 @@ class NamedCopy(nn.Module):
             return log_c, read, (fit * self.sharpness, named_logp, rms(tokens.float()))
         return log_c, read
 
-    def move(self, hidden: torch.Tensor, log_c: torch.Tensor, again: list) -> torch.Tensor:
+    def move(self, hidden: torch.Tensor, log_c: torch.Tensor, again: list, trail: Trail | None = None) -> torch.Tensor:
         """``log_c`` (P, R, V) with its in-sentence and bare rows pointed again at each of P
         answer positions: alpha_t = softmax_i(tau m_i + (W rms(h_t)) . rms(v_i) / sqrt(H)), ``hidden``
         (P, H) their states, ``again`` each position's third item of ``lookup``. A question's
         pointer is one for its whole answer; a caption names nothing, so its pointer is the
         likeliest object's, and every object it writes took that object's words ("a yellow
         triangle in the top right corner, a yellow triangle", run 19). W starts at zero, so the
-        pointer starts as the question's."""
+        pointer starts as the question's.
+
+        With ``stay`` the pointer also remembers its path along the answer (docs/design.md,
+        "Where the pointer was"):
+
+            alpha_t = softmax_i(tau m_i + q_t . k_i + g_t log(alpha_{t-1,i} + d) - w_t sum_{s<t} alpha_{s,i})
+
+        g_t, w_t from the position's state (zero at the start): a shape word can stay on the token
+        whose colour the word before took, and the next object of a list can leave those already
+        written. Without ``trail`` the positions of one question (one table of ``again``) are one
+        answer, in order (teacher forcing: the path is run position by position); with a
+        ``Trail`` each of the P positions is the next word of its own answer, written one word at
+        a time, and the trail is carried on to the next."""
         groups: dict = {}
         for p, item in enumerate(again):  # positions of one question share its tables
-            groups.setdefault(id(item), (item, []))[1].append(p)
+            groups.setdefault(id(item) if trail is None else p, (item, []))[1].append(p)
         out = log_c.clone()
         with torch.autocast(hidden.device.type, enabled=False):  # probabilities in float32 under bf16 autocast
-            query = self.follow(rms(hidden.float())) / math.sqrt(hidden.shape[-1])  # (P, H)
-            for (fit, named_logp, keys), at in groups.values():
-                at = torch.tensor(at, device=hidden.device)
-                alpha = (fit[None].float() + query[at] @ keys.float().T).softmax(-1)  # (p, M)
+            h = rms(hidden.float())
+            query = self.follow(h) / math.sqrt(hidden.shape[-1])  # (P, H)
+            base = [(fit[None].float() + query[at] @ keys.float().T, at)
+                    for (fit, _, keys), at in ((item, torch.tensor(at, device=hidden.device))
+                                               for item, at in groups.values())]
+            if self.stay is None:
+                alphas = [b.softmax(-1) for b, _ in base]
+            elif trail is not None:
+                alphas = list(self._walk(base, self.stay(h), trail).split(1))
+            else:
+                alphas = self._paths(base, self.stay(h))
+            for ((_, named_logp, _), _), (_, at), alpha in zip(groups.values(), base, alphas):
                 c = alpha @ named_logp.float().exp()  # (p, V): a matmul, not a (p, M, V) logsumexp
                 bare = c.new_zeros(c.shape).index_add(1, self.bare_of, c)
                 out[at, :2] = torch.stack([c, bare], 1).clamp_min(1e-30).log().to(out.dtype)
         return out
+
+    STAY_FLOOR = 1e-3  # d: log(alpha + d) of a token the pointer was not on is finite, log d
+
+    def _step(self, base: torch.Tensor, gates: torch.Tensor, prev: torch.Tensor | None,
+              covered: torch.Tensor) -> torch.Tensor:
+        """One word of the path: (N, M) pointer from the (N, M) logits ``base``, (N, 2) ``gates``
+        (g, w), the word before's pointer ``prev`` (None at an answer's first word) and the mass
+        ``covered`` so far."""
+        if prev is not None:
+            base = base + gates[:, :1] * torch.log(prev + self.STAY_FLOOR) - gates[:, 1:] * covered
+        return base.softmax(-1)
+
+    def _paths(self, base: list, gates: torch.Tensor) -> list:
+        """Teacher forcing: each group's (p, M) pointers along its answer, all groups stepped
+        together (padded to the longest), one position at a time."""
+        G, T, M = len(base), max(len(at) for _, at in base), base[0][0].shape[-1]
+        logits = gates.new_zeros(G, T, M)
+        g = gates.new_zeros(G, T, 2)
+        for j, (b, at) in enumerate(base):
+            logits[j, : len(at)] = b
+            g[j, : len(at)] = gates[at]
+        prev, covered, path = None, logits.new_zeros(G, M), []
+        for t in range(T):
+            alpha = self._step(logits[:, t], g[:, t], prev, covered)
+            path.append(alpha)
+            prev, covered = alpha, covered + alpha
+        path = torch.stack(path, 1)
+        return [path[j, : len(at)] for j, (_, at) in enumerate(base)]
+
+    def _walk(self, base: list, gates: torch.Tensor, trail: Trail) -> torch.Tensor:
+        """Writing: (P, M) the pointer at the next word of each of the P answers, ``base`` one
+        (1, M) row of logits a position, ``gates`` (P, 2)."""
+        logits = torch.cat([b for b, _ in base])
+        alpha = self._step(logits, gates, trail.prev, trail.covered if trail.covered is not None else 0.0)
+        trail.prev = alpha.detach()
+        trail.covered = alpha.detach() + (trail.covered if trail.covered is not None else 0.0)
+        return alpha
 
     def mix(self, hidden: torch.Tensor, logits: torch.Tensor, copy_logp: torch.Tensor) -> torch.Tensor:
         """(P, V_all) next-word log-probabilities at P answer positions: ``hidden`` (P, H) their
@@ -252,6 +318,15 @@ class NamedCopy(nn.Module):
         return out.log_softmax(-1)
 
 
+class Trail:
+    """Where the pointer of each answer being written has been (``NamedCopy.move`` with stay):
+    its pointer at the last word, and the sum of its pointers so far (None before the first)."""
+
+    def __init__(self):
+        self.prev: torch.Tensor | None = None
+        self.covered: torch.Tensor | None = None
+
+
 NO_MASS = -1e4  # log of "cannot be": finite, so the count's sums keep finite gradients
 
 
@@ -270,18 +345,21 @@ def count_distribution(logit_q: torch.Tensor, size: int) -> torch.Tensor:
 
 def build_named_copy(tokenizer, num_words: int, hidden_size: int, *, named_copy: bool, where_feats: int = 0,
                      copy_count: bool = False, copy_follow: bool = False,
-                     count_exist: bool = False) -> NamedCopy | None:
+                     count_exist: bool = False, copy_stay: bool = False) -> NamedCopy | None:
     """The model's named copy from its options (``model.named_copy``, ``copy_where`` as
-    ``where_feats`` > 0, ``copy_count``, ``copy_follow``, ``count_exist``) over the tokenizer's
+    ``where_feats`` > 0, ``copy_count``, ``copy_follow``, ``count_exist``, ``copy_stay``) over the tokenizer's
     first ``num_words`` ids (the text words), or None where ``named_copy`` is off; an option
     that needs another which is off, or words the tokenizer cannot say as one token, get a
     clear error."""
     needs_copy = {"copy_where": (where_feats, "adds to the named copy's read"),
                   "copy_count": (copy_count, "counts the tokens the named copy's question names"),
-                  "copy_follow": (copy_follow, "moves the named copy's pointer along an answer")}
+                  "copy_follow": (copy_follow, "moves the named copy's pointer along an answer"),
+                  "copy_stay": (copy_stay, "remembers where the named copy's moving pointer was")}
     for name, (on, what) in needs_copy.items():
         if on and not named_copy:
             raise ValueError(f"model.{name} {what}: it needs model.named_copy=true")
+    if copy_stay and not copy_follow:
+        raise ValueError("model.copy_stay remembers where the pointer of model.copy_follow was, which is off")
     if count_exist and not copy_count:
         raise ValueError("model.count_exist answers existence from the count of model.copy_count, which is off")
     if not named_copy:
@@ -294,7 +372,7 @@ def build_named_copy(tokenizer, num_words: int, hidden_size: int, *, named_copy:
         raise ValueError('model.count_exist: the tokenizer must say "no" and "yes" as one token each')
     return NamedCopy(hidden_size, bare_forms(tokenizer, num_words), where_feats=where_feats, count_ids=count_ids,
                      singular_of=singular_forms(tokenizer, num_words) if copy_count else None,
-                     follow=copy_follow, exist_ids=exist_ids)
+                     follow=copy_follow, exist_ids=exist_ids, stay=copy_stay)
 
 
 def set_count_existence(model, on: bool) -> None:

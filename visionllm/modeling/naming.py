@@ -108,11 +108,13 @@ class TokenNaming:
         return {q: self.named_copy.lookup(named, self._word_ids(q), tokens, objectness, where)
                 for q in dict.fromkeys(questions)}
 
-    def _copy_logp(self, hidden: torch.Tensor, tables: list) -> torch.Tensor:
+    def _copy_logp(self, hidden: torch.Tensor, tables: list, trail=None) -> torch.Tensor:
         """(P, V_all) next-word log-probabilities at P answer positions, ``hidden`` (P, H), each
-        with its question's copy table (log c, read[, what the pointer needs to follow])."""
+        with its question's copy table (log c, read[, what the pointer needs to follow]);
+        ``trail`` (writing, with ``model.copy_stay``): each position is the next word of its own
+        answer, and the pointer's path so far is carried there (``named_copy.Trail``)."""
         log_c = torch.stack([t[0] for t in tables])
         if self.named_copy.follow is not None:
-            log_c = self.named_copy.move(hidden, log_c, [t[2] for t in tables])
+            log_c = self.named_copy.move(hidden, log_c, [t[2] for t in tables], trail=trail)
         hidden = hidden + torch.stack([t[1] for t in tables]).to(hidden.dtype)
         return self.named_copy.mix(hidden, self.llm.logits(hidden), log_c)

@@ -69,8 +69,10 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         name_pool: bool = False,
         referent_loss: float = 0.0,
         copy_follow: bool = False,
+        copy_stay: bool = False,
         name_location: bool = False,
         name_location_from: float = 0.0,
+        name_location_relative: bool = False,
         group_attention: str = "blocks",
     ):
         super().__init__()
@@ -99,7 +101,11 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         if name_location_from and not name_location:
             raise ValueError("model.name_location_from holds model.name_location at zero for part of the run: "
                              "it needs model.name_location=true")
-        self.name_location = NameLocation(H, start=name_location_from) if name_location else None
+        if name_location_relative and not name_location:
+            raise ValueError("model.name_location_relative changes the features of model.name_location: it needs "
+                             "model.name_location=true")
+        self.name_location = (NameLocation(H, start=name_location_from, relative=name_location_relative)
+                              if name_location else None)
         # [ours] text answers may read the image tokens directly (readout.py; docs/design.md)
         self.text_readout = TextReadout(H, pixel_dim=d) if text_readout else None
         # [ours] each image token matched to an object names it in words, read through the
@@ -131,7 +137,8 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         self.count_loss = float(count_loss)
         self.named_copy = build_named_copy(llm.tokenizer, llm.vocab.image, H, named_copy=named_copy,
                                            where_feats=d // 2 if copy_where else 0, copy_count=copy_count,
-                                           copy_follow=copy_follow, count_exist=count_exist)
+                                           copy_follow=copy_follow, count_exist=count_exist,
+                                           copy_stay=copy_stay)
         self.none_weight = none_weight
         # [ours] a referring answer's group taught to outscore the other groups (losses.answer_loss)
         if referent_loss < 0:
@@ -193,7 +200,8 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
             # each group's expected answer, as the losses read it (anchor + expected offsets)
             points = anchors[idx].repeat(1, 1, num_points) + expected_offsets(loc_logits)
             words = self._name_embeddings([requests[b].classes for b in idx], kmax, unit=True)
-            pointer = pointer + self.name_location(words, points.view(len(idx), -1, num_points, 2))
+            fit = cls_logits[..., :kmax] + pointer - cls_logits[..., kmax:]  # each name against "none"
+            pointer = pointer + self.name_location(words, points.view(len(idx), -1, num_points, 2), fit)
         cls_logits = torch.cat([cls_logits[..., :kmax] + pointer, cls_logits[..., kmax:]], -1)
         for row, b in enumerate(idx):
             cls_logits[row, :, len(requests[b].classes) : kmax] = float("-inf")
