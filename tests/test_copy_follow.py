@@ -60,18 +60,24 @@ def test_it_learns_to_copy_one_object_then_the_other():
     torch.testing.assert_close(bare[0, 5], c[0, RED] + c[0, 5])
 
 
-def test_the_model_trains_it_and_writes_with_it(shapes_root, tmp_path):
+@pytest.mark.parametrize("stay", [False, True])  # model.copy_stay: tests/test_copy_stay.py
+def test_the_model_trains_it_and_writes_with_it(shapes_root, tmp_path, stay):
     model, ds = tiny_model_and_sets(shapes_root, tmp_path, ["model.token_names=1.0", "model.named_copy=true",
-                                                            "model.copy_follow=true"])
+                                                            "model.copy_follow=true", f"model.copy_stay={stay}"])
     batch = collate([ds.sets["caption"][0], ds.sets["vqa"][0]])
     model.named_copy.strength.bias.data.fill_(0.5)  # a little trained: the copy is used
+    if stay:  # a pointer that moves, so where it was matters
+        torch.nn.init.normal_(model.named_copy.follow.weight, std=0.5)
     model(batch)["loss"].backward()
-    assert model.named_copy.follow.weight.grad.abs().sum() > 0
+    learned = model.named_copy.stay if stay else model.named_copy.follow
+    assert learned.weight.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
-        torch.nn.init.normal_(model.named_copy.follow.weight, std=0.5)
+        torch.nn.init.normal_(learned.weight, std=0.5)
         out = model.predict(collate([ds.sets["caption"][0]]), max_new_tokens=4)
-    assert isinstance(out[0]["text"], str)
+        drawn = model.predict(collate([ds.sets["caption"][0]]), max_new_tokens=4, temperature=1.0, samples=3,
+                              generator=torch.Generator().manual_seed(0))
+    assert isinstance(out[0]["text"], str) and len(drawn[0]["texts"]) == 3
 
 
 def test_it_needs_the_copy(shapes_root, tmp_path):

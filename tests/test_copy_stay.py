@@ -6,10 +6,16 @@ import pytest
 import torch
 
 from tests.helpers import tiny_model_and_sets
-from visionllm.data.transforms import collate
+from tests.test_copy_follow import (  # token 0 a red circle, 1 a blue star
+    BLUE,
+    CIRCLE,
+    RED,
+    STAR,
+    WHAT,
+    _named,
+)
 from visionllm.modeling.named_copy import NamedCopy, Trail
 
-RED, BLUE, CIRCLE, STAR, WHAT = range(5)
 H = 16
 
 
@@ -17,13 +23,6 @@ def _copy(stay=True):
     copy = NamedCopy(hidden_size=H, bare_of=torch.tensor([5, 6, CIRCLE, STAR, WHAT, 5, 6, 7]), follow=True, stay=stay)
     copy.note_names([RED, BLUE, CIRCLE, STAR])
     return copy
-
-
-def _named():
-    logits = torch.zeros(2, 8)
-    logits[0, [RED, CIRCLE]] = 6.0  # token 0: a red circle
-    logits[1, [BLUE, STAR]] = 6.0  # token 1: a blue star
-    return logits.log_softmax(-1)
 
 
 def _written(copy, table, states):
@@ -86,23 +85,6 @@ def test_it_stays_on_the_object_and_leaves_the_covered():
     copy.stay.bias.data = torch.tensor([0.0, 5.0])  # leave what is covered
     moved = copy.move(states, table[0].expand(2, -1, -1), [table[2]] * 2)[:, 0].exp()
     assert moved[1, STAR] > 0.45 > 0.05 > moved[1, CIRCLE]
-
-
-def test_the_model_trains_it_and_writes_with_it(shapes_root, tmp_path):
-    model, ds = tiny_model_and_sets(shapes_root, tmp_path, ["model.token_names=1.0", "model.named_copy=true",
-                                                            "model.copy_follow=true", "model.copy_stay=true"])
-    batch = collate([ds.sets["caption"][0], ds.sets["vqa"][0]])
-    model.named_copy.strength.bias.data.fill_(0.5)  # a little trained: the copy is used
-    torch.nn.init.normal_(model.named_copy.follow.weight, std=0.5)
-    model(batch)["loss"].backward()
-    assert model.named_copy.stay.weight.grad.abs().sum() > 0
-    model.eval()
-    with torch.no_grad():
-        torch.nn.init.normal_(model.named_copy.stay.weight, std=0.5)
-        out = model.predict(collate([ds.sets["caption"][0]]), max_new_tokens=4)
-        drawn = model.predict(collate([ds.sets["caption"][0]]), max_new_tokens=4, temperature=1.0, samples=3,
-                              generator=torch.Generator().manual_seed(0))
-    assert isinstance(out[0]["text"], str) and len(drawn[0]["texts"]) == 3
 
 
 def test_it_needs_the_moving_pointer(shapes_root, tmp_path):
