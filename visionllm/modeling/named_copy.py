@@ -242,16 +242,17 @@ class NamedCopy(nn.Module):
         with torch.autocast(hidden.device.type, enabled=False):  # probabilities in float32 under bf16 autocast
             h = rms(hidden.float())
             query = self.follow(h) / math.sqrt(hidden.shape[-1])  # (P, H)
-            base = [(fit[None].float() + query[at] @ keys.float().T, at)
-                    for (fit, _, keys), at in ((item, torch.tensor(at, device=hidden.device))
-                                               for item, at in groups.values())]
+            rows = []  # per group: its tokens' word table, its positions, their pointer logits
+            for (fit, named_logp, keys), at in groups.values():
+                at = torch.tensor(at, device=hidden.device)
+                rows.append((named_logp, at, fit[None].float() + query[at] @ keys.float().T))
             if self.stay is None:
-                alphas = [b.softmax(-1) for b, _ in base]
-            elif trail is not None:
-                alphas = list(self._walk(base, self.stay(h), trail).split(1))
+                alphas = [z.softmax(-1) for _, _, z in rows]
+            elif trail is not None:  # one position a group
+                alphas = self._walk(torch.cat([z for _, _, z in rows]), self.stay(h), trail).split(1)
             else:
-                alphas = self._paths(base, self.stay(h))
-            for ((_, named_logp, _), _), (_, at), alpha in zip(groups.values(), base, alphas):
+                alphas = self._paths([z for _, _, z in rows], self.stay(h)[torch.cat([at for _, at, _ in rows])])
+            for (named_logp, at, _), alpha in zip(rows, alphas):
                 c = alpha @ named_logp.float().exp()  # (p, V): a matmul, not a (p, M, V) logsumexp
                 bare = c.new_zeros(c.shape).index_add(1, self.bare_of, c)
                 out[at, :2] = torch.stack([c, bare], 1).clamp_min(1e-30).log().to(out.dtype)
@@ -260,7 +261,7 @@ class NamedCopy(nn.Module):
     STAY_FLOOR = 1e-3  # d: log(alpha + d) of a token the pointer was not on is finite, log d
 
     def _step(self, base: torch.Tensor, gates: torch.Tensor, prev: torch.Tensor | None,
-              covered: torch.Tensor) -> torch.Tensor:
+              covered: torch.Tensor | float) -> torch.Tensor:
         """One word of the path: (N, M) pointer from the (N, M) logits ``base``, (N, 2) ``gates``
         (g, w), the word before's pointer ``prev`` (None at an answer's first word) and the mass
         ``covered`` so far."""
@@ -268,30 +269,27 @@ class NamedCopy(nn.Module):
             base = base + gates[:, :1] * torch.log(prev + self.STAY_FLOOR) - gates[:, 1:] * covered
         return base.softmax(-1)
 
-    def _paths(self, base: list, gates: torch.Tensor) -> list:
-        """Teacher forcing: each group's (p, M) pointers along its answer, all groups stepped
-        together (padded to the longest), one position at a time."""
-        G, T, M = len(base), max(len(at) for _, at in base), base[0][0].shape[-1]
-        logits = gates.new_zeros(G, T, M)
-        g = gates.new_zeros(G, T, 2)
-        for j, (b, at) in enumerate(base):
-            logits[j, : len(at)] = b
-            g[j, : len(at)] = gates[at]
-        prev, covered, path = None, logits.new_zeros(G, M), []
-        for t in range(T):
-            alpha = self._step(logits[:, t], g[:, t], prev, covered)
+    def _paths(self, logits: list, gates: torch.Tensor) -> list:
+        """Teacher forcing: each group's (p, M) pointers along its answer from its (p, M)
+        ``logits``, ``gates`` (sum of p, 2) the groups' positions' gates in the same order, all
+        groups stepped together (padded to the longest), one position at a time."""
+        sizes = [len(z) for z in logits]
+        padded = nn.utils.rnn.pad_sequence(logits, batch_first=True)  # (G, T, M)
+        g = nn.utils.rnn.pad_sequence(gates.split(sizes), batch_first=True)  # (G, T, 2)
+        prev, covered, path = None, padded.new_zeros(padded.shape[0], padded.shape[2]), []
+        for t in range(padded.shape[1]):
+            alpha = self._step(padded[:, t], g[:, t], prev, covered)
             path.append(alpha)
             prev, covered = alpha, covered + alpha
         path = torch.stack(path, 1)
-        return [path[j, : len(at)] for j, (_, at) in enumerate(base)]
+        return [path[j, :n] for j, n in enumerate(sizes)]
 
-    def _walk(self, base: list, gates: torch.Tensor, trail: Trail) -> torch.Tensor:
-        """Writing: (P, M) the pointer at the next word of each of the P answers, ``base`` one
-        (1, M) row of logits a position, ``gates`` (P, 2)."""
-        logits = torch.cat([b for b, _ in base])
-        alpha = self._step(logits, gates, trail.prev, trail.covered if trail.covered is not None else 0.0)
+    def _walk(self, logits: torch.Tensor, gates: torch.Tensor, trail: Trail) -> torch.Tensor:
+        """Writing: (P, M) the pointer at the next word of each of P answers, from their (P, M)
+        ``logits`` and (P, 2) ``gates``; the trail moves on by it."""
+        alpha = self._step(logits, gates, trail.prev, trail.covered)
         trail.prev = alpha.detach()
-        trail.covered = alpha.detach() + (trail.covered if trail.covered is not None else 0.0)
+        trail.covered = trail.covered + trail.prev
         return alpha
 
     def mix(self, hidden: torch.Tensor, logits: torch.Tensor, copy_logp: torch.Tensor) -> torch.Tensor:
@@ -320,11 +318,11 @@ class NamedCopy(nn.Module):
 
 class Trail:
     """Where the pointer of each answer being written has been (``NamedCopy.move`` with stay):
-    its pointer at the last word, and the sum of its pointers so far (None before the first)."""
+    its pointer at the last word (None before the first), and the sum of its pointers so far."""
 
     def __init__(self):
         self.prev: torch.Tensor | None = None
-        self.covered: torch.Tensor | None = None
+        self.covered: torch.Tensor | float = 0.0
 
 
 NO_MASS = -1e4  # log of "cannot be": finite, so the count's sums keep finite gradients
