@@ -74,3 +74,20 @@ def text_with_and_without(model, part: str, batch, max_new_tokens: int = 5):
         finally:
             setattr(model, part, kept)
     return with_part, without
+
+
+def answers_without(model, part: str, batch) -> tuple[list[dict], list[dict]]:
+    """``model``'s structured answers to ``batch`` in eval mode, with its sub-module ``part`` as
+    it is and with it removed (put back after): ``(with_part, without)``."""
+    import torch
+
+    model.eval()
+    kept = getattr(model, part)
+    with torch.no_grad():
+        with_part = model.predict(batch)
+        setattr(model, part, None)
+        try:
+            without = model.predict(batch)
+        finally:
+            setattr(model, part, kept)
+    return with_part, without

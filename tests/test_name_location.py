@@ -140,7 +140,7 @@ def test_relative_features_are_a_place_among_look_alikes():
 
 @pytest.mark.parametrize("relative", [False, True])
 def test_the_model_takes_it_and_trains_it(shapes_root, tmp_path, relative):
-    from helpers import tiny_model_and_sets
+    from helpers import answers_without, tiny_model_and_sets
     from visionllm.data.transforms import collate
 
     model, ds = tiny_model_and_sets(shapes_root, tmp_path, task="grounding", extra=[
@@ -151,14 +151,10 @@ def test_the_model_takes_it_and_trains_it(shapes_root, tmp_path, relative):
     out["loss"].backward()
     assert model.name_location.proj.weight.grad.abs().sum() > 0
     # with the map at zero it answers as the model without it
-    model.eval()
+    with_it, without = answers_without(model, "name_location", batch)
+    assert all(torch.equal(a["probs"], b["probs"]) for a, b in zip(with_it, without))
+    torch.nn.init.normal_(model.name_location.proj.weight)
     with torch.no_grad():
-        with_it = model.predict(batch)
-        kept, model.name_location = model.name_location, None
-        without = model.predict(batch)
-        model.name_location = kept
-        assert all(torch.equal(a["probs"], b["probs"]) for a, b in zip(with_it, without))
-        torch.nn.init.normal_(model.name_location.proj.weight)
         moved = model.predict(batch)
     assert not all(torch.allclose(a["probs"], b["probs"]) for a, b in zip(moved, without))
 

@@ -61,3 +61,40 @@ def test_the_model_adds_it_for_grounding_and_refuses_a_negative_weight(shapes_ro
     assert model.class_pointer.weight.grad is not None
     with pytest.raises(ValueError, match="referent_loss"):
         VisionLLM(image_tokenizer=model.image_tokenizer, llm=model.llm, referent_loss=-1.0)
+
+
+def test_several_expressions_each_get_it():
+    """A grounding sample of several expressions (task.grounding.expressions): one referent term
+    per expression, its class's log-odds over the groups at its object's group."""
+    torch.manual_seed(1)
+    logits = torch.randn(6, 4)  # three expressions and no object
+    labels = torch.tensor([2, 0])
+    coords = torch.tensor([[0.1, 0.1, 0.2, 0.2], [0.5, 0.5, 0.7, 0.7]])
+    assignment = (torch.tensor([5, 1]), torch.tensor([0, 1]))
+    out = answer_loss(logits, torch.zeros(6, 4, 1025), torch.full((6, 2), 0.3), labels, coords, is_box=True,
+                      assignment=assignment, w_referent=1.0, referring=True)[0]
+    logp = logits.log_softmax(-1)
+    want = -((logp[:, 2] - logp[:, 3]).log_softmax(0)[5] + (logp[:, 0] - logp[:, 3]).log_softmax(0)[1])
+    assert torch.allclose(out["loss_referent"], want)
+    # without the flag, a two-class answer is detection
+    plain = answer_loss(logits, torch.zeros(6, 4, 1025), torch.full((6, 2), 0.3), labels, coords, is_box=True,
+                        assignment=assignment, w_referent=1.0)[0]
+    assert "loss_referent" not in plain
+    with pytest.raises(ValueError, match="one object per expression"):
+        answer_loss(logits, torch.zeros(6, 4, 1025), torch.full((6, 2), 0.3), torch.tensor([0, 0]), coords,
+                    is_box=True, assignment=assignment, w_referent=1.0, referring=True)
+
+
+def test_the_model_trains_on_several_expressions(shapes_root, tmp_path):
+    from helpers import tiny_model_and_sets
+    from visionllm.data.transforms import collate
+
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path, task="grounding",
+                                    extra=["model.referent_loss=1.0", "task.grounding.expressions=3"])
+    batch = collate([ds.sets["grounding"][i] for i in range(6)])
+    assert max(len(r.classes) for r in batch["requests"]) > 1
+    out = model(batch)
+    assert out["loss_referent"] > 0
+    out["loss"].backward()
+    with pytest.raises(ValueError, match="task.grounding.expressions"):
+        tiny_model_and_sets(shapes_root, tmp_path, task="grounding", extra=["task.grounding.expressions=0"])

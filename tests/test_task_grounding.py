@@ -133,3 +133,54 @@ def test_the_class_slot_tells_expressions_apart(shapes_root, tmp_path):
     tok = model.llm.tokenizer
     word = tok(" circle", add_special_tokens=False)["input_ids"]
     assert len(word) == 1 and word[0] in tok(" the red circle", add_special_tokens=False)["input_ids"]
+
+
+def test_plural_templates_parse_back():
+    names = ["the leftmost circle", "the star above the red square", "the child's toy"]
+    assert len(grounding.PLURAL_TEMPLATES) >= 10
+    for t in grounding.PLURAL_TEMPLATES:
+        r = parse_instruction(grounding.make_instruction(names, template=t, coord_range=1000))
+        assert (r.kind, r.classes, r.num_points, r.coord_range) == ("boxes", names, 2, 1000), t
+    # a list of one is the one-expression instruction
+    assert grounding.make_instruction(names[:1], template=grounding.TEMPLATES[0]) == \
+        grounding.make_instruction(names[0], template=grounding.TEMPLATES[0])
+
+
+def test_several_expressions_a_sample(shapes_root):
+    from torch.utils.data import ConcatDataset
+
+    train = RefCocoGrounding(root=shapes_root, splits=("train",), image_root=shapes_root)
+    companions = grounding.Companions(train)
+    # an object is one object however many data sets list it (a merge of refcoco with itself)
+    twice = grounding.Companions(ConcatDataset([train, train]))
+    boxes = {}
+    for s in train.samples:
+        boxes.setdefault(s["image_id"], {}).setdefault(s["expression"], s["bbox"])
+    seen_several = 0
+    for i in range(0, len(train), max(1, len(train) // 40)):
+        rec = train[i]
+        others = companions.others(rec)
+        assert len(twice.others(rec)) == len(others)
+        assert all(r["image_id"] == rec["image_id"] and r["bbox"] != rec["bbox"] for refs in others for r in refs)
+        single = grounding.training_sample(rec, image_size=64, rng=random.Random(i))
+        again = grounding.training_sample(rec, image_size=64, rng=random.Random(i), companions=companions, expressions=1)
+        assert single["instruction"] == again["instruction"] and single["request"] == again["request"]
+        s = grounding.training_sample(rec, image_size=64, rng=random.Random(i), companions=companions, expressions=3)
+        classes, t = s["request"].classes, s["target"]
+        assert parse_instruction(s["instruction"]) == s["request"]
+        assert rec["expression"] in classes and len(set(classes)) == len(classes)
+        assert len(classes) == min(3, 1 + len(others))
+        assert t["labels"].tolist() == list(range(len(classes))) and t["referring"] is True
+        assert len(t["names"]) == len(classes) == len(t["coords"]) == len(t["centers"])
+        scale = s["meta"]["canvas_scale"]
+        for k, name in enumerate(classes):  # each expression's box is its own object's
+            x, y, w, h = boxes[rec["image_id"]][name]
+            torch.testing.assert_close(t["coords"][k] * scale, torch.tensor([x, y, x + w, y + h]))
+        assert len({tuple(c.tolist()) for c in t["coords"]}) == len(classes)  # distinct objects
+        seen_several += len(classes) > 1
+    assert seen_several > 10
+
+
+def test_several_expressions_need_a_listing_reader():
+    with pytest.raises(ValueError, match="does not list its samples"):
+        grounding.Companions([{"image_id": 1}])

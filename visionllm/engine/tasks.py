@@ -32,7 +32,7 @@ DEFAULTS = {
                   "eval_location_window": 0},
     "segmentation": {"max_classes": 32, "eval_chunk": 32, "flip": True, "points": [8, 12, 16, 20, 24], "eval_points": 16,
                      "described": 0.0, "eval_classes_per_group": 3, "eval_location_window": 0},
-    "grounding": {"rank": "class"},
+    "grounding": {"rank": "class", "expressions": 1},
     "caption": {"candidates": 1, "temperature": 0.7, "scst": None, "no_repeat_ngram": 0, "target": "random",
                 "references": None, "eval_instruction": None},
     "vqa": {"count_exist": None},
@@ -67,8 +67,15 @@ def _builder(name: str, opts: dict, image_size: int, vocabulary: list[str] | Non
         positions = caption.check_positions(opts["references"])
         return lambda r, rng: caption.training_sample(r, image_size=image_size, rng=rng, consensus=consensus,
                                                       positions=positions)
-    module = {"grounding": grounding, "vqa": vqa}[name]
-    return lambda r, rng: module.training_sample(r, image_size=image_size, rng=rng)
+    if name == "grounding":
+        k = opts["expressions"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"task.grounding.expressions: expected a whole number >= 1 (expressions a training "
+                             f"sample names), got {k!r}")
+        companions = grounding.Companions(reader) if k > 1 else None
+        return lambda r, rng: grounding.training_sample(r, image_size=image_size, rng=rng, companions=companions,
+                                                        expressions=k)
+    return lambda r, rng: vqa.training_sample(r, image_size=image_size, rng=rng)
 
 
 def reader(cfg: DictConfig, split: str, name: str):

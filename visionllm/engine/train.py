@@ -199,7 +199,8 @@ def train(cfg: DictConfig) -> dict:
         log.info("model: %.2fM parameters, %.2fM trainable", n_all / 1e6, n_train / 1e6)
     init_from = OmegaConf.select(cfg, "trainer.init_from")
     if init_from:  # a later stage starts from an earlier stage's weights (METHOD.md §6)
-        load_weights(model, init_from, cfg, may_lack=("text_readout.", "named_copy.", "name_pool.", "name_location."))  # they start as no-ops
+        load_weights(model, init_from, cfg, may_lack=("text_readout.", "named_copy.", "name_pool.", "name_location.",
+                                                    "name_fit."))  # they start as no-ops
         log.info("initialised from %s", init_from)
 
     step, epoch, batch_in_epoch, history, metrics = 0, 0, 0, [], {}

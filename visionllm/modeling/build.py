@@ -35,6 +35,7 @@ def build_visionllm(
     name_location: bool = False,
     name_location_from: float = 0.0,
     name_location_relative: bool = False,
+    name_fit: bool = False,
     group_attention: str = "blocks",
 ) -> VisionLLM:
     tokenizer = ImageTokenizer(backbone=backbone, text_encoder=text_encoder, **dict(image_tokenizer))
@@ -44,5 +45,5 @@ def build_visionllm(
                      named_copy=named_copy, copy_where=copy_where, token_sides=token_sides, copy_count=copy_count,
                      count_loss=count_loss, count_exist=count_exist, name_pool=name_pool, referent_loss=referent_loss,
                      copy_follow=copy_follow, copy_stay=copy_stay, name_location=name_location, name_location_from=name_location_from,
-                     name_location_relative=name_location_relative,
+                     name_location_relative=name_location_relative, name_fit=name_fit,
                      group_attention=group_attention)

@@ -115,6 +115,7 @@ def answer_loss(
     assignment: tuple[torch.Tensor, torch.Tensor] | None = None,
     none_weight: float = 0.1,
     w_referent: float = 0.0,
+    referring: bool = False,
     w_cls: float = 2.0,
     w_ce: float = 1.0,
     w_l1: float = 5.0,
@@ -129,6 +130,8 @@ def answer_loss(
     to peak at its group (``loss_referent``), since the answer is the top group. The class
     cross-entropy teaches each group alone, where a look-alike's group is one no-object group
     of many at ``none_weight``; this loss weighs the groups by how much they compete.
+    ``referring``: the answer's classes are referring expressions, one object each (a grounding
+    sample of several expressions, ``task.grounding.expressions``): the loss for each of them.
     """
     M, K1 = cls_logits.shape
     n_coord = loc_logits.shape[1]
@@ -154,11 +157,13 @@ def answer_loss(
         if is_box:
             giou = generalized_box_iou(_safe_box(pred[i]), coords[j]).diagonal()
             out["loss_loc_giou"] = w_giou * (1 - giou).sum()
-        if w_referent > 0 and K1 == 2 and len(labels) == 1:
+        if w_referent > 0 and (referring or (K1 == 2 and len(labels) == 1)):
+            if len(set(labels.tolist())) < len(labels):
+                raise ValueError(f"a referring answer has one object per expression; got classes {labels.tolist()}")
             # log-odds against no object: the order of the answer's scores, and unlike the
             # log-probability not flat for a look-alike that is already sure
-            odds = cls_logp[:, labels[0]] - cls_logp[:, -1]
-            out["loss_referent"] = -w_referent * odds.log_softmax(0)[i[0]]
+            odds = cls_logp[:, labels[j]] - cls_logp[:, -1:]  # (M, n): each object's class
+            out["loss_referent"] = -w_referent * odds.log_softmax(0).gather(0, i[None]).sum()
     # Class CE summed, scaled so the no-object groups weigh like DETR's eos_coef.
     ce = F.nll_loss(cls_logp, target, weight=weights, reduction="sum") / weights[target].sum().clamp(min=1)
     out["loss_cls"] = w_cls * ce * max(len(labels), 1)

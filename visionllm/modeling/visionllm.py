@@ -9,6 +9,7 @@ text requests by ordinary generation.
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from visionllm.modeling.losses import (
     read_offsets,
     tokenizer_loss,
 )
+from visionllm.modeling.name_fit import NameFit
 from visionllm.modeling.name_location import NameLocation
 from visionllm.modeling.name_pool import NamePool
 from visionllm.modeling.named_copy import build_named_copy
@@ -73,6 +75,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         name_location: bool = False,
         name_location_from: float = 0.0,
         name_location_relative: bool = False,
+        name_fit: bool = False,
         group_attention: str = "blocks",
     ):
         super().__init__()
@@ -139,6 +142,11 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
                                            where_feats=d // 2 if copy_where else 0, copy_count=copy_count,
                                            copy_follow=copy_follow, count_exist=count_exist,
                                            copy_stay=copy_stay)
+        # [ours] a class slot also reads what the head calls each group's image token (name_fit.py)
+        if name_fit and self.named_copy is None:
+            raise ValueError("model.name_fit scores a name's words as token naming says them at the image tokens, and "
+                             "the named copy keeps which words those are: it needs model.named_copy=true")
+        self.name_fit = NameFit() if name_fit else None
         self.none_weight = none_weight
         # [ours] a referring answer's group taught to outscore the other groups (losses.answer_loss)
         if referent_loss < 0:
@@ -184,8 +192,9 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         """
         vocab = self.llm.vocab
         Lp = int(valid[idx].sum(1).max())
-        hidden, prefix_hidden = decode_groups(self.llm, prefix[idx, :Lp], valid[idx, :Lp], v[idx], vocab.slot_ids(num_points),
-                                               dense=self.dense_groups)
+        with self._layer_output() if self.name_fit is not None else nullcontext({}) as seen:
+            hidden, prefix_hidden = decode_groups(self.llm, prefix[idx, :Lp], valid[idx, :Lp], v[idx],
+                                                  vocab.slot_ids(num_points), dense=self.dense_groups)
         hidden, prefix_hidden = hidden.float(), prefix_hidden.float()  # heads in float32 (bf16 LLM bases)
         kmax = max(len(requests[b].classes) for b in idx)
         cls_ids = torch.tensor([vocab.class_id(k) for k in range(kmax)] + [vocab.none], device=v.device)
@@ -202,6 +211,11 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
             words = self._name_embeddings([requests[b].classes for b in idx], kmax, unit=True)
             fit = cls_logits[..., :kmax] + pointer - cls_logits[..., kmax:]  # each name against "none"
             pointer = pointer + self.name_location(words, points.view(len(idx), -1, num_points, 2), fit)
+        if self.name_fit is not None:
+            states = seen.get("out", prefix[idx])[:, :Lp]  # token naming's layer (0: the LLM's input)
+            at = ids[idx, :Lp] == vocab.image  # M per row, in order
+            named = self._head_words(states[at].view(len(idx), -1, states.shape[-1])).float().log_softmax(-1)
+            pointer = pointer + self.name_fit(named, *self._name_words([requests[b].classes for b in idx], kmax))
         cls_logits = torch.cat([cls_logits[..., :kmax] + pointer, cls_logits[..., kmax:]], -1)
         for row, b in enumerate(idx):
             cls_logits[row, :, len(requests[b].classes) : kmax] = float("-inf")
@@ -221,6 +235,31 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         for b, names_b in enumerate(class_lists):
             out[b, : len(names_b)] = mean[[row[n] for n in names_b]]
         return out
+
+    def _name_words(self, class_lists: list[list[str]], kmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each class name's words as token naming says them, for ``name_fit``: (b, Kmax, T) word
+        ids (plurals as their singular) and (b, Kmax, T) shares, over the words the named copy
+        knows as name words, by the name pool's weights where the model has one (else alike),
+        summing to 1 over a name's named words (0 for a name with none, and past K)."""
+        names = sorted({n for names in class_lists for n in names})
+        enc = self.llm.tokenizer([" " + n for n in names], add_special_tokens=False, padding=True, return_tensors="pt")
+        device = self.class_pointer.weight.device
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device).float()
+        copy = self.named_copy
+        words = copy.singular_of[ids.clamp(0, copy.num_words - 1)]
+        named = mask * ((ids < copy.num_words) & copy.name_words[words]).float()
+        share = named
+        if self.name_pool is not None:
+            with torch.no_grad():
+                share = named * self.name_pool.weights(self.llm.embed(ids).float(), mask)
+        share = share / share.sum(1, keepdim=True).clamp_min(1e-12)
+        row = {n: i for i, n in enumerate(names)}
+        out_w = words.new_zeros(len(class_lists), kmax, ids.shape[1])
+        out_s = share.new_zeros(len(class_lists), kmax, ids.shape[1])
+        for b, names_b in enumerate(class_lists):
+            out_w[b, : len(names_b)] = words[[row[n] for n in names_b]]
+            out_s[b, : len(names_b)] = share[[row[n] for n in names_b]]
+        return out_w, out_s
 
     def _mean_embeddings(self, texts: list[str], pool: NamePool | None = None, unit: bool = False) -> torch.Tensor:
         """(U, H) mean LLM input embedding of each text's tokens, tokenized after a space (with
@@ -316,7 +355,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         if not rows:
             losses["loss_tok_obj"] = 0.0 * (toks.layer_logits.sum() + toks.layer_points.sum())
         if not sums:
-            pool = [p for m in (self.name_pool, self.name_location) if m is not None for p in m.parameters()]
+            pool = [p for m in (self.name_pool, self.name_location, self.name_fit) if m is not None for p in m.parameters()]
             losses["loss_cls"] = 0.0 * sum((p.sum() for p in pool), self.class_pointer.weight.sum())
         text_parts = [m for m in (self.text_readout, self.named_copy) if m is not None]
         if text_parts and not text_rows:
@@ -354,6 +393,7 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
                 assignment=assignment.get(b),
                 none_weight=self.none_weight,
                 w_referent=self.referent_loss,
+                referring=bool(t.get("referring")),
             )
             for k, val in parts.items():
                 sums[k] = sums[k] + val
