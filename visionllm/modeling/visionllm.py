@@ -14,6 +14,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from visionllm.modeling.class_names import ClassNames
 from visionllm.modeling.decoding import decode_groups, span_positions, splice_image_tokens
 from visionllm.modeling.deformable import MLP, sine_embed
 from visionllm.modeling.generation import TextWriting
@@ -49,7 +50,7 @@ def _embedding_rms(llm: LLM) -> float:
     return float(rows.pow(2).mean().sqrt())
 
 
-class VisionLLM(TextWriting, TokenNaming, nn.Module):
+class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
     def __init__(
         self,
         *,
@@ -220,60 +221,6 @@ class VisionLLM(TextWriting, TokenNaming, nn.Module):
         for row, b in enumerate(idx):
             cls_logits[row, :, len(requests[b].classes) : kmax] = float("-inf")
         return cls_logits, loc_logits
-
-    def _name_embeddings(self, class_lists: list[list[str]], kmax: int, unit: bool = False) -> torch.Tensor:
-        """(b, Kmax, H) mean LLM input embedding of each class name's tokens (zeros past K),
-        weighted by ``name_pool`` where the model has one; ``unit``: the plain mean of the
-        words each at unit RMS (what ``name_location`` reads), with no pool.
-
-        Each name is tokenized after a space, so a word is the same token wherever it stands
-        ("circle" alone and in "the red circle" alike)."""
-        names = sorted({n for names in class_lists for n in names})
-        mean = self._mean_embeddings(names, unit=True) if unit else self._mean_embeddings(names, pool=self.name_pool)
-        row = {n: i for i, n in enumerate(names)}
-        out = mean.new_zeros(len(class_lists), kmax, mean.shape[-1])
-        for b, names_b in enumerate(class_lists):
-            out[b, : len(names_b)] = mean[[row[n] for n in names_b]]
-        return out
-
-    def _name_words(self, class_lists: list[list[str]], kmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each class name's words as token naming says them, for ``name_fit``: (b, Kmax, T) word
-        ids (plurals as their singular) and (b, Kmax, T) shares, over the words the named copy
-        knows as name words, by the name pool's weights where the model has one (else alike),
-        summing to 1 over a name's named words (0 for a name with none, and past K)."""
-        names = sorted({n for names in class_lists for n in names})
-        enc = self.llm.tokenizer([" " + n for n in names], add_special_tokens=False, padding=True, return_tensors="pt")
-        device = self.class_pointer.weight.device
-        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device).float()
-        copy = self.named_copy
-        words = copy.singular_of[ids.clamp(0, copy.num_words - 1)]
-        named = mask * ((ids < copy.num_words) & copy.name_words[words]).float()
-        share = named
-        if self.name_pool is not None:
-            with torch.no_grad():
-                share = named * self.name_pool.weights(self.llm.embed(ids).float(), mask)
-        share = share / share.sum(1, keepdim=True).clamp_min(1e-12)
-        row = {n: i for i, n in enumerate(names)}
-        out_w = words.new_zeros(len(class_lists), kmax, ids.shape[1])
-        out_s = share.new_zeros(len(class_lists), kmax, ids.shape[1])
-        for b, names_b in enumerate(class_lists):
-            out_w[b, : len(names_b)] = words[[row[n] for n in names_b]]
-            out_s[b, : len(names_b)] = share[[row[n] for n in names_b]]
-        return out_w, out_s
-
-    def _mean_embeddings(self, texts: list[str], pool: NamePool | None = None, unit: bool = False) -> torch.Tensor:
-        """(U, H) mean LLM input embedding of each text's tokens, tokenized after a space (with
-        ``pool``: their weighted mean, by its learned weights; ``unit``: each token's embedding at
-        unit RMS before the mean)."""
-        enc = self.llm.tokenizer([" " + t for t in texts], add_special_tokens=False, padding=True, return_tensors="pt")
-        device = self.class_pointer.weight.device
-        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device).float()
-        emb = self.llm.embed(ids).float()  # (U, T, H)
-        if unit:
-            emb = _rms(emb)
-        if pool is not None:
-            return pool(emb, mask)
-        return (emb * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
 
     def _questions(self, instructions: list[str]) -> torch.Tensor:
         """(B, H) what a text request asks, for the text readout: the mean word embedding of
