@@ -55,3 +55,17 @@ def test_kill_and_resume_gives_identical_weights(shapes_root, tmp_path):
     train(tiny_train_cfg(shapes_root, init, ["trainer.max_steps=1", "trainer.eval_every=1000", "trainer.tensorboard=false"]))
     c = load_file(str(init / "checkpoint" / "model.safetensors"))
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_history_file_cut_short_costs_the_curves_not_the_resume(tmp_path, caplog):
+    from visionllm.engine.train import _read_history, _write_atomic
+
+    path = tmp_path / "history.json"
+    assert _read_history(path) == []
+    _write_atomic(path, '[{"step": 2, "loss": 1.0}]')
+    assert _read_history(path) == [{"step": 2, "loss": 1.0}] and not (tmp_path / "history.json.tmp").exists()
+    for broken in ("", '[{"step": 2, "lo', '{"step": 2}', "[1, 2]"):
+        path.write_text(broken)
+        with caplog.at_level("WARNING"):
+            assert _read_history(path) == []
+        assert "cannot be read" in caplog.text

@@ -147,6 +147,30 @@ def evaluate_all(model, cfg: DictConfig, readers: dict, *, max_images=None, prog
     return metrics, "\n".join(tables)
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a file beside it and a rename: a run killed mid-write leaves
+    the old file whole, never an empty or half one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _read_history(path: Path) -> list[dict]:
+    """The run's evaluation history, to carry on from; a file that cannot be read (one a run of an
+    older version was killed writing) costs the curves before the resume, with a warning, not
+    the resume."""
+    if not path.is_file():
+        return []
+    try:
+        history = json.loads(path.read_text())
+        if isinstance(history, list) and all(isinstance(h, dict) and "step" in h for h in history):
+            return history
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    log.warning("%s cannot be read; the history before this resume is not carried on", path)
+    return []
+
+
 def _save(model, cfg, out: Path, step: int, metrics: dict, trainer_state: dict, keep: int, *, full_state=None) -> None:
     ckpts = out / "checkpoints"
     path = save_checkpoint(model, cfg, ckpts / f"step_{step:07d}", state={"step": step, "metrics": metrics},
@@ -221,8 +245,7 @@ def train(cfg: DictConfig) -> dict:
         _set_rng_state(st["rng"])
         if scst is not None and st.get("scst_rng") is not None:
             scst.generator.set_state(st["scst_rng"])
-        hist = out / "history.json"
-        history = [h for h in json.loads(hist.read_text()) if h["step"] <= step] if hist.is_file() else []
+        history = [h for h in _read_history(out / "history.json") if h["step"] <= step]
         log.info("resumed from %s at step %d (epoch %d, batch %d)", resume, step, epoch, batch_in_epoch)
 
     writer = None
@@ -308,7 +331,7 @@ def train(cfg: DictConfig) -> dict:
                              "scst_rng": None if scst is None else scst.generator.get_state(),
                              "world_size": dist.world_size}
                     _save(model, cfg, out, step, metrics, state, keep, full_state=full_state)
-                    (out / "history.json").write_text(json.dumps(history, indent=1))
+                    _write_atomic(out / "history.json", json.dumps(history, indent=1))
             barrier(dist)
             if step >= tc.max_steps:
                 break
@@ -319,6 +342,6 @@ def train(cfg: DictConfig) -> dict:
     if writer:
         writer.close()
     if dist.is_main:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        _write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
         log.info("done: %s", json.dumps(metrics))
     return metrics
