@@ -395,3 +395,31 @@ def test_token_scale_puts_image_tokens_at_the_word_embeddings_scale(shapes_root,
     assert rms["free"].min() > 5  # what it replaces: image tokens far above the words
     with pytest.raises(ValueError, match="token_scale"):
         VisionLLM(image_tokenizer=model.image_tokenizer, llm=model.llm, token_scale="loud")
+
+
+def test_one_object_per_class_for_referring_expressions():
+    from visionllm.api import best_per_class, check_per_class
+
+    objs = [{"label": "the red circle", "score": 0.5}, {"label": "the star", "score": 0.9},
+            {"label": "the red circle", "score": 0.8}, {"label": "the star", "score": 0.4}]
+    assert [(o["label"], o["score"]) for o in best_per_class(objs, 1)] == [("the star", 0.9), ("the red circle", 0.8)]
+    assert [o["score"] for o in best_per_class(objs, None)] == [0.9, 0.8, 0.5, 0.4]
+    assert len(best_per_class(objs, 2)) == 4
+    for bad in (0, -1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="per_class"):
+            check_per_class(bad)
+
+
+def test_infer_command_one_box_per_expression(trained, tmp_path):
+    out, _ = trained
+    img = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(img)
+    ask = ("Find the objects in <image> described by {'the red circle': <c0>, 'the star': <c1>}, one bounding box "
+           "each as (c, x1, y1, x2, y2) with coordinates from 0 to 1000.")
+    r = _run(["tools/infer.py", f"checkpoint={out / 'checkpoint'}", f"image={img}", f"instruction={ask}",
+              f"output={tmp_path / 'a.json'}", "score_threshold=0.0", "per_class=1"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    labels = [o["label"] for o in json.loads((tmp_path / "a.json").read_text())["objects"]]
+    assert sorted(labels) == ["the red circle", "the star"]
+    r = _run(["tools/infer.py", f"checkpoint={out / 'checkpoint'}", f"image={img}", f"instruction={ask}", "per_class=0"])
+    assert r.returncode != 0 and "per_class" in r.stderr

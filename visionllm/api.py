@@ -25,6 +25,27 @@ from visionllm.tasks import detection, segmentation
 from visionllm.tasks.instructions import parse_instruction
 
 
+def check_per_class(n) -> None:
+    """``per_class``: None, or a whole number >= 1; anything else is a clear error."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"per_class: expected a whole number >= 1 (objects kept per class) or null, got {n!r}")
+
+
+def best_per_class(objects: list[dict], n: int | None) -> list[dict]:
+    """``objects`` (each with "label" and "score") less all but the ``n`` best of each label, in
+    order of score; all of them where ``n`` is None."""
+    ranked = sorted(objects, key=lambda o: -o["score"])
+    if n is None:
+        return ranked
+    seen: dict[str, int] = {}
+    kept = []
+    for o in ranked:
+        seen[o["label"]] = seen.get(o["label"], 0) + 1
+        if seen[o["label"]] <= n:
+            kept.append(o)
+    return kept
+
+
 class VisionLLM:
     def __init__(self, model, cfg, device: torch.device):
         self.model, self.cfg, self.device = model, cfg, device
@@ -37,7 +58,11 @@ class VisionLLM:
 
     @torch.no_grad()
     def predict(self, image: str | Path | Image.Image, instruction: str, *, score_threshold: float = 0.3,
-                max_objects: int = 100) -> dict:
+                max_objects: int = 100, per_class: int | None = None) -> dict:
+        """The answer to ``instruction`` about ``image``: {"text", "objects"}. Objects scoring under
+        ``score_threshold`` are dropped, at most ``max_objects`` kept, and with ``per_class`` n at
+        most the n best of each class (1 for referring expressions: one object each)."""
+        check_per_class(per_class)
         request = parse_instruction(instruction)  # clear error before any work
         if isinstance(image, (str, Path)):
             image = load_image(image)
@@ -51,7 +76,7 @@ class VisionLLM:
         if not request.structured:
             return {"text": out["text"], "objects": []}
         task = segmentation if request.kind == "polygons" else detection
-        objects = task.to_objects(out, request, meta, score_threshold)[:max_objects]
+        objects = best_per_class(task.to_objects(out, request, meta, score_threshold), per_class)[:max_objects]
         text = task.printed_answer(objects, request, meta)
         keys = ("label", "bbox", "score", "polygon")
         return {"text": text, "objects": [{k: o[k] for k in keys if k in o} for o in objects]}
