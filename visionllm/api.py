@@ -33,10 +33,10 @@ def check_per_class(n) -> None:
 
 def best_per_class(objects: list[dict], n: int | None) -> list[dict]:
     """``objects`` (each with "label" and "score") less all but the ``n`` best of each label, in
-    order of score; all of them where ``n`` is None."""
-    ranked = sorted(objects, key=lambda o: -o["score"])
+    order of score; ``objects`` as they are where ``n`` is None."""
     if n is None:
-        return ranked
+        return objects
+    ranked = sorted(objects, key=lambda o: -o["score"])
     seen: dict[str, int] = {}
     kept = []
     for o in ranked:
