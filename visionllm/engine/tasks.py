@@ -68,10 +68,7 @@ def _builder(name: str, opts: dict, image_size: int, vocabulary: list[str] | Non
         return lambda r, rng: caption.training_sample(r, image_size=image_size, rng=rng, consensus=consensus,
                                                       positions=positions)
     if name == "grounding":
-        k = opts["expressions"]
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"task.grounding.expressions: expected a whole number >= 1 (expressions a training "
-                             f"sample names), got {k!r}")
+        k = grounding.check_expressions(opts["expressions"])
         companions = grounding.Companions(reader) if k > 1 else None
         return lambda r, rng: grounding.training_sample(r, image_size=image_size, rng=rng, companions=companions,
                                                         expressions=k)

@@ -106,6 +106,14 @@ def _object_key(bbox) -> tuple[float, ...]:
     return tuple(round(float(v), 2) for v in bbox)
 
 
+def check_expressions(k) -> int:
+    """``task.grounding.expressions``: a whole number >= 1, returned; anything else is a clear error."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"task.grounding.expressions: expected a whole number >= 1 (expressions a training "
+                         f"sample names), got {k!r}")
+    return k
+
+
 class Companions:
     """The other referred objects of each image, with their expressions [ours]: for a record,
     one list of expressions per other object of its image (objects told apart by their boxes,
