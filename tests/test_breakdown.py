@@ -86,3 +86,15 @@ def test_what_captions_name():
     assert out == {"mentions": 4, "precision": 0.75, "bound_wrong": 1.0, "repeats": 1, "coverage": 1.0}
     out = breakdown.caption_mentions([{"image_id": 7, "caption": "A blue square."}], instances)
     assert out == {"mentions": 0, "precision": None, "bound_wrong": None, "repeats": 0, "coverage": 0.0}
+
+
+def test_wrong_answers_by_where_the_right_box_ranked():
+    results = [{"expression": "the red circle", "correct": True, "right_rank": 1},
+               {"expression": "the blue star", "correct": False, "right_rank": 2},
+               {"expression": "the star", "correct": False, "right_rank": 5},
+               {"expression": "the red star", "correct": False, "right_rank": None},
+               {"expression": "the leftmost star", "correct": False, "right_rank": None}]
+    out = breakdown.ranked_wrong(results)
+    assert out == {"attr": {"right_box_lower": 0.667, "of_which_second": 0.5},
+                   "extreme": {"right_box_lower": 0.0, "of_which_second": 0.0}}
+    assert breakdown.ranked_wrong([{"expression": "the star", "correct": False}]) == {}  # an older grounding.json

@@ -19,12 +19,13 @@ def eval_reader(shapes_root):
 
 class Oracle(torch.nn.Module):
     """Answers from meta["gt_bbox"] in the model's output format: a decoy group first, then
-    the true box with the top score (or a shifted box when ``wrong``)."""
+    the true box with the top score (or a shifted box when ``wrong``; the decoy on top when
+    ``decoy_first``)."""
 
-    def __init__(self, wrong: bool = False):
+    def __init__(self, wrong: bool = False, decoy_first: bool = False):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(1))
-        self.wrong = wrong
+        self.wrong, self.decoy_first = wrong, decoy_first
 
     def predict(self, batch):
         out = []
@@ -34,7 +35,7 @@ class Oracle(torch.nn.Module):
                 x += 1.5 * w
             box = torch.tensor([[x, y], [x + w, y + h]]) / meta["canvas_scale"]
             decoy = torch.tensor([[0.0, 0.0], [0.05, 0.05]])
-            out.append({"labels": torch.zeros(2, dtype=torch.long), "scores": torch.tensor([0.3, 0.8]), "points": torch.stack([decoy, box])})
+            out.append({"labels": torch.zeros(2, dtype=torch.long), "scores": torch.tensor([0.9 if self.decoy_first else 0.3, 0.8]), "points": torch.stack([decoy, box])})
         return out
 
 
@@ -81,9 +82,13 @@ def test_precision_oracle_and_wrong(eval_reader):
     metrics, results, table = evaluate_grounding(Oracle(), eval_reader, image_size=64, batch_size=5, progress=False)
     assert set(metrics) == {"grounding_P@0.5", "grounding_P@0.5/val", "grounding_P@0.5/testA", "grounding_P@0.5/testB"}
     assert all(v == 1.0 for v in metrics.values()), table
-    assert len(results) == len(eval_reader) and all(r["correct"] for r in results)
-    wrong, _, _ = evaluate_grounding(Oracle(wrong=True), eval_reader, image_size=64, batch_size=5, max_images=6, progress=False)
-    assert wrong["grounding_P@0.5"] == 0.0
+    assert len(results) == len(eval_reader) and all(r["correct"] and r["right_rank"] == 1 for r in results)
+    wrong, results, _ = evaluate_grounding(Oracle(wrong=True), eval_reader, image_size=64, batch_size=5, max_images=6, progress=False)
+    assert wrong["grounding_P@0.5"] == 0.0 and all(r["right_rank"] is None for r in results)
+    # the right box ranked second: wrong, and the results say where it was
+    second, results, _ = evaluate_grounding(Oracle(decoy_first=True), eval_reader, image_size=64, batch_size=5, max_images=6,
+                                            progress=False)
+    assert second["grounding_P@0.5"] == 0.0 and all(r["right_rank"] == 2 for r in results)
 
 
 def test_the_answer_can_be_picked_by_the_tokenizers_objectness():

@@ -16,7 +16,9 @@ caption variety, from the files ``tools/eval.py`` writes.
   object the expression's head phrase also fits, "the leftmost circle" answered with another
   circle: the words were read, the comparison lost), on the ``anchor`` of a relation ("the star
   left of the square" answered with the square) and on ``other`` objects (the words misread);
-  colour words are the instances' ``attributes``, shape words their category names;
+  colour words are the instances' ``attributes``, shape words their category names; and per
+  kind ``wrong_ranked``: of the wrong answers, the share where a lower-ranked group had a right
+  box (the ranking lost it; the rest, no group's box was right), and of those the share second;
 - VQA (vqa.json): accuracy per question type (count, exist, color, shape, position) and the
   share of the most common prediction per type (1.0: one answer whatever the image);
 - captions (captions.json): distinct captions / captions (low: the text ignores the image);
@@ -71,6 +73,8 @@ def grounding(results: list[dict], instances: Path | None) -> dict:
     for r in results:
         by_kind.setdefault(expression_kind(r["expression"]), []).append(bool(r["correct"]))
     out = {k: {"P@0.5": round(sum(v) / len(v), 3), "expressions": len(v)} for k, v in sorted(by_kind.items())}
+    for k, shares in ranked_wrong(results).items():
+        out[k]["wrong_ranked"] = shares
     if instances is not None:
         coco = json.loads(instances.read_text())
         objects = image_objects(coco)
@@ -90,6 +94,25 @@ def grounding(results: list[dict], instances: Path | None) -> dict:
     same = same_box_other_referent(results)
     if same is not None:
         out["same_box_other_referent"] = same
+    return out
+
+
+def ranked_wrong(results: list[dict]) -> dict[str, dict[str, float]]:
+    """Per expression kind, of the wrong answers: the share where another group had a right box
+    (``right_box_lower``: the ranking lost it) and, of those, the share where it came second;
+    the rest had no right box in any group (the boxes lost it). Needs each result's
+    ``right_rank`` (evaluation since run 34); {} without."""
+    wrong: dict[str, list[int | None]] = {}
+    for r in results:
+        if "right_rank" not in r:
+            return {}
+        if not r["correct"]:
+            wrong.setdefault(expression_kind(r["expression"]), []).append(r["right_rank"])
+    out = {}
+    for k, ranks in wrong.items():
+        lower = [x for x in ranks if x is not None]
+        out[k] = {"right_box_lower": round(len(lower) / len(ranks), 3),
+                  "of_which_second": round(sum(x == 2 for x in lower) / len(lower), 3) if lower else 0.0}
     return out
 
 

@@ -27,9 +27,13 @@ def evaluate_grounding(
     results = []
     for s, out in predict_batches(model, samples(), batch_size):
         meta = s["meta"]
-        obj = grounding.to_box(out, s["request"], meta, rank=rank)
+        ranked = grounding.ranked_boxes(out, s["request"], meta, rank=rank)
+        obj = ranked[0] if ranked else None
         x, y, w, h = meta["gt_bbox"]
-        iou = grounding.box_iou(obj["bbox"], [x, y, x + w, y + h]) if obj else 0.0
+        ious = [grounding.box_iou(o["bbox"], [x, y, x + w, y + h]) for o in ranked]
+        iou = ious[0] if ious else 0.0
+        # where the first right box was among the groups (1: the answer; None: no group had one)
+        right_rank = next((i + 1 for i, v in enumerate(ious) if v >= IOU_THRESHOLD), None)
         results.append(
             {
                 "image_id": meta["image_id"],
@@ -41,6 +45,7 @@ def evaluate_grounding(
                 "score": obj["score"] if obj else 0.0,
                 "iou": iou,
                 "correct": iou >= IOU_THRESHOLD,
+                "right_rank": right_rank,
             }
         )
     metrics, table = grounding_metrics(results)

@@ -189,6 +189,13 @@ def to_box(groups: dict, request: Request, meta: dict, rank: str = "class") -> d
     tokenizer's objectness of the group's token (``objectness``: in training, a grounding
     instruction's tokenizer target is the referred object alone, with the expression fused
     into the encoder), or their ``product``."""
+    ranked = ranked_boxes(groups, request, meta, rank)
+    return ranked[0] if ranked else None
+
+
+def ranked_boxes(groups: dict, request: Request, meta: dict, rank: str = "class") -> list[dict]:
+    """Every group's box, best first by ``rank`` (as ``to_box``): the answer and the ones it
+    was preferred to."""
     if rank not in RANKS:
         raise ValueError(f"grounding rank must be one of {RANKS}, not {rank!r}")
     if rank != "class":
@@ -196,8 +203,7 @@ def to_box(groups: dict, request: Request, meta: dict, rank: str = "class") -> d
             raise ValueError(f"grounding rank {rank!r} needs the tokenizer's objectness, which this model does not give")
         obj = groups["objectness"].to(groups["scores"].dtype)
         groups = {**groups, "scores": obj if rank == "objectness" else obj * groups["scores"]}
-    objs = detection.to_objects(groups, request, meta)
-    return objs[0] if objs else None
+    return detection.to_objects(groups, request, meta)
 
 
 def box_iou(a, b) -> float:
