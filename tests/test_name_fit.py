@@ -64,3 +64,24 @@ def test_it_needs_the_named_copy(shapes_root, tmp_path):
 
     with pytest.raises(Exception, match="it needs model.named_copy=true"):
         tiny_model_and_sets(shapes_root, tmp_path, task="grounding", extra=["model.name_fit=true"])
+
+
+def test_a_held_gain_scores_at_that_value_and_never_learns(shapes_root, tmp_path):
+    from helpers import tiny_model_and_sets
+    from visionllm.data.transforms import collate
+
+    named, words, weights = torch.randn(1, 2, 9).log_softmax(-1), torch.tensor([[[3, 4]]]), torch.tensor([[[0.5, 0.5]]])
+    held = NameFit(held=3.0)
+    held.gain.data.fill_(1.1)  # a learned gain loaded from a checkpoint does not count
+    expected = 3.0 * (0.5 * named[..., 3] + 0.5 * named[..., 4])
+    torch.testing.assert_close(held(named, words, weights)[..., 0], expected)
+    assert "held" not in held.state_dict() and not held.gain.requires_grad
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="finite gain >= 0"):
+            NameFit(held=bad)
+    model, ds = tiny_model_and_sets(shapes_root, tmp_path, task="grounding", extra=[
+        "model.name_fit=true", "model.name_fit_gain=2.0", "model.token_names=1.0", "model.named_copy=true"])
+    model(collate([ds.sets["grounding"][i] for i in range(2)]))["loss"].backward()
+    assert model.name_fit.gain.grad is None and float(model.name_fit.held) == 2.0
+    with pytest.raises(Exception, match="needs model.name_fit=true"):
+        tiny_model_and_sets(shapes_root, tmp_path / "b", task="grounding", extra=["model.name_fit_gain=2.0"])

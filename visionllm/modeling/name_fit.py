@@ -15,6 +15,13 @@ slot's name pool weighs it where the model has one (so "the star left of the squ
 for the star). The head's words are read as they are (detached): the term reads the names and
 moves neither them nor the pool. A learned gain, zero at the start, scales it: a model without
 it and one with it untrained answer alike, and a checkpoint saved without it loads with it.
+
+With ``held`` (``model.name_fit_gain``) the gain is that number from the start and never learns:
+on two seeds the learned gain settled near 1.1, where grounding on the trained weights rose
+with the gain up to 3 and box AP did not move from 1.1 to 3 (docs/results.md, "Run 34"); held
+at 3 over 300 steps from such weights, the model took back most of that (docs/results.md, "A
+held gain: pilot"). The held value is the model's setting, not a weight: ``trainer.init_from``
+a checkpoint with a learned gain keeps the held one.
 """
 
 from __future__ import annotations
@@ -28,9 +35,14 @@ class NameFit(nn.Module):
     # step: 0.01 at the model's 5e-4, so a gain of a few units within a few hundred steps)
     lr_mult = 20.0
 
-    def __init__(self):
+    def __init__(self, held: float | None = None):
         super().__init__()
-        self.gain = nn.Parameter(torch.zeros(()))
+        self.gain = nn.Parameter(torch.zeros(()), requires_grad=held is None)
+        if held is not None:
+            held = float(held)
+            if not torch.isfinite(torch.tensor(held)) or held < 0:
+                raise ValueError(f"model.name_fit_gain must be a finite gain >= 0 (or null: learned), not {held!r}")
+        self.register_buffer("held", None if held is None else torch.tensor(held), persistent=False)
 
     def forward(self, named_logp: torch.Tensor, words: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``named_logp`` (b, M, V) the head's log-probabilities at each group's image token;
@@ -40,4 +52,4 @@ class NameFit(nn.Module):
         b, K, T = words.shape
         said = named_logp.detach().float().gather(2, words.reshape(b, 1, K * T).expand(-1, named_logp.shape[1], -1))
         fit = (said.view(b, -1, K, T) * weights[:, None].float()).sum(-1)  # (b, M, K)
-        return self.gain * fit
+        return (self.gain if self.held is None else self.held) * fit

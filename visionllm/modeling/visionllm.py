@@ -77,6 +77,7 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         name_location_from: float = 0.0,
         name_location_relative: bool = False,
         name_fit: bool = False,
+        name_fit_gain: float | None = None,
         group_attention: str = "blocks",
     ):
         super().__init__()
@@ -147,7 +148,9 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         if name_fit and self.named_copy is None:
             raise ValueError("model.name_fit scores a name's words as token naming says them at the image tokens, and "
                              "the named copy keeps which words those are: it needs model.named_copy=true")
-        self.name_fit = NameFit() if name_fit else None
+        if name_fit_gain is not None and not name_fit:
+            raise ValueError("model.name_fit_gain holds name_fit's gain: it needs model.name_fit=true")
+        self.name_fit = NameFit(held=name_fit_gain) if name_fit else None
         self.none_weight = none_weight
         # [ours] a referring answer's group taught to outscore the other groups (losses.answer_loss)
         if referent_loss < 0:
