@@ -26,6 +26,8 @@ a checkpoint with a learned gain keeps the held one.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -40,7 +42,7 @@ class NameFit(nn.Module):
         self.gain = nn.Parameter(torch.zeros(()), requires_grad=held is None)
         if held is not None:
             held = float(held)
-            if not torch.isfinite(torch.tensor(held)) or held < 0:
+            if not math.isfinite(held) or held < 0:
                 raise ValueError(f"model.name_fit_gain must be a finite gain >= 0 (or null: learned), not {held!r}")
         self.register_buffer("held", None if held is None else torch.tensor(held), persistent=False)
 
