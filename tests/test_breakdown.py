@@ -98,3 +98,23 @@ def test_wrong_answers_by_where_the_right_box_ranked():
     assert out == {"attr": {"right_box_lower": 0.667, "of_which_second": 0.5},
                    "extreme": {"right_box_lower": 0.0, "of_which_second": 0.0}}
     assert breakdown.ranked_wrong([{"expression": "the star", "correct": False}]) == {}  # an older grounding.json
+
+
+def test_detection_classes_per_category():
+    instances = {"images": [{"id": 1, "width": 100, "height": 100}],
+                 "categories": [{"id": 1, "name": "circle"}, {"id": 2, "name": "hexagon"}],
+                 "annotations": [{"id": 1, "image_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "category_id": 1, "iscrowd": 0},
+                                 {"id": 2, "image_id": 1, "bbox": [20, 20, 10, 10], "area": 100, "category_id": 1, "iscrowd": 0},
+                                 {"id": 3, "image_id": 1, "bbox": [50, 50, 10, 10], "area": 100, "category_id": 2, "iscrowd": 0}]}
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9},   # the first circle, right
+            {"image_id": 1, "category_id": 2, "bbox": [20, 20, 10, 10], "score": 0.8},  # the second, called a hexagon
+            {"image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10], "score": 0.3},  # ... a circle only below it
+            {"image_id": 1, "category_id": 2, "bbox": [50, 50, 10, 10], "score": 0.7}]  # the hexagon, right
+    out = breakdown.detection_classes(dets, instances)
+    assert out["circle"]["called"] == {"circle": 0.5, "hexagon": 0.5} and out["circle"]["objects"] == 2
+    assert out["hexagon"]["called"] == {"hexagon": 1.0}
+    # AP is per class: both circle detections are right (AP 1); the hexagon is found only behind a
+    # higher-scoring false hexagon on the second circle (precision 1/2 at full recall)
+    assert out["circle"]["AP"] == 1.0 and out["hexagon"]["AP"] == 0.5
+    out = breakdown.detection_classes([{"image_id": 1, "category_id": 1, "bbox": [80, 80, 5, 5], "score": 0.5}], instances)
+    assert out["hexagon"]["called"] == {"<miss>": 1.0} and out["hexagon"]["AP"] == 0.0

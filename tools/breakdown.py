@@ -2,6 +2,7 @@
 caption variety, from the files ``tools/eval.py`` writes.
 
     python tools/breakdown.py EVAL_DIR [--instances data/shapes/refcoco/instances.json]
+                              [--caption-instances FILE] [--detection-instances FILE]
 
 - grounding (grounding.json): P@0.5 per expression kind, told apart by their words (the
   shapes' generator, datasets_prep/shapes/language.py: ``attr`` "the red circle", ``super``
@@ -28,7 +29,12 @@ caption variety, from the files ``tools/eval.py`` writes.
   (``precision``), of the rest the share whose colour and shape are each in the image on other
   objects (``bound_wrong``: two objects' words on one), pairs named again in one caption
   (``repeats``) and the mean share of an image's kinds of object its caption names
-  (``coverage``).
+  (``coverage``);
+- detection (detections.json), with ``--detection-instances`` (the val instances the detections
+  answer, on shapes annotations/instances_val2017.json): per category its box AP (pycocotools,
+  IoU 0.5:0.95) and, for each of its objects, which class the best-scoring detection of IoU
+  >= 0.5 carries (``called``: shares per class, ``<miss>`` where none): where box AP is lost to
+  naming the wrong shape rather than to boxes.
 
 Prints one JSON object. The kinds are read off English phrasing, so on other data sets
 they are a rough grouping; everything else is exact.
@@ -37,6 +43,8 @@ they are a rough grouping; everything else is exact.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import re
 from collections import Counter
@@ -225,14 +233,57 @@ def caption_mentions(results: list[dict], instances: dict) -> dict:
             "coverage": round(sum(coverage) / len(coverage), 3) if coverage else None}
 
 
+def detection_classes(results: list[dict], instances: dict) -> dict[str, dict]:
+    """Per category: box AP and what its objects' best detections call them (the module's doc)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    names = {c["id"]: c["name"] for c in instances.get("categories", [])}
+    by_image: dict[int, list[dict]] = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    called: dict[str, Counter] = {n: Counter() for n in names.values()}
+    for a in instances["annotations"]:
+        x, y, w, h = a["bbox"]
+        gt = [x, y, x + w, y + h]
+        hits = [r for r in by_image.get(a["image_id"], [])
+                if box_iou(gt, [r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]]) >= 0.5]
+        best = max(hits, key=lambda r: r["score"]) if hits else None
+        called[names[a["category_id"]]][names.get(best["category_id"], "?") if best else "<miss>"] += 1
+    ap: dict[int, float] = {}
+    if results:
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt_api = COCO()
+            gt_api.dataset = {k: instances.get(k, []) for k in ("images", "annotations", "categories")}
+            gt_api.createIndex()
+            ev = COCOeval(gt_api, gt_api.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in results]), "bbox")
+            ev.evaluate()
+            ev.accumulate()
+        prec = ev.eval["precision"][:, :, :, 0, -1]  # (iou, recall, class) at all areas, 100 detections
+        for k, cid in enumerate(ev.params.catIds):
+            p = prec[:, :, k]
+            ap[cid] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
+    out = {}
+    for cid, name in names.items():
+        n = sum(called[name].values())
+        out[name] = {"AP": round(ap[cid], 3) if cid in ap else None, "objects": n,
+                     "called": {k: round(v / n, 3) for k, v in called[name].most_common()} if n else {}}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("eval_dir", type=Path)
     ap.add_argument("--instances", type=Path, help="the COCO instances the expressions refer to (refcoco/instances.json), for wrong-object counts")
     ap.add_argument("--caption-instances", type=Path,
                     help="the instances of the captioned images (annotations/instances_val2017.json), for what captions name")
+    ap.add_argument("--detection-instances", type=Path,
+                    help="the instances the detections answer (annotations/instances_val2017.json), for AP and classes per category")
     args = ap.parse_args()
     out = {}
+    if args.detection_instances and (args.eval_dir / "detections.json").exists():
+        out["detection"] = detection_classes(json.loads((args.eval_dir / "detections.json").read_text()),
+                                             json.loads(args.detection_instances.read_text()))
     files = {"grounding": "grounding.json", "vqa": "vqa.json", "caption": "captions.json"}
     for name, fname in files.items():
         path = args.eval_dir / fname

@@ -224,7 +224,7 @@ def train(cfg: DictConfig) -> dict:
     init_from = OmegaConf.select(cfg, "trainer.init_from")
     if init_from:  # a later stage starts from an earlier stage's weights (METHOD.md §6)
         load_weights(model, init_from, cfg, may_lack=("text_readout.", "named_copy.", "name_pool.", "name_location.",
-                                                    "name_fit."))  # they start as no-ops
+                                                    "name_fit.", "token_classes."))  # they start as no-ops
         log.info("initialised from %s", init_from)
 
     step, epoch, batch_in_epoch, history, metrics = 0, 0, 0, [], {}

@@ -37,6 +37,7 @@ def build_visionllm(
     name_location_relative: bool = False,
     name_fit: bool = False,
     name_fit_gain: float | None = None,
+    token_classes: float = 0.0,
     group_attention: str = "blocks",
 ) -> VisionLLM:
     tokenizer = ImageTokenizer(backbone=backbone, text_encoder=text_encoder, **dict(image_tokenizer))
@@ -47,5 +48,5 @@ def build_visionllm(
                      count_loss=count_loss, count_exist=count_exist, name_pool=name_pool, referent_loss=referent_loss,
                      copy_follow=copy_follow, copy_stay=copy_stay, name_location=name_location, name_location_from=name_location_from,
                      name_location_relative=name_location_relative, name_fit=name_fit,
-                     name_fit_gain=name_fit_gain,
+                     name_fit_gain=name_fit_gain, token_classes=token_classes,
                      group_attention=group_attention)

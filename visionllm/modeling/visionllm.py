@@ -34,6 +34,7 @@ from visionllm.modeling.named_copy import build_named_copy
 from visionllm.modeling.naming import TokenNaming, image_extent, side_words
 from visionllm.modeling.readout import TextReadout
 from visionllm.modeling.readout import rms as _rms
+from visionllm.modeling.token_classes import TokenClasses
 from visionllm.tasks.instructions import Request, question_line
 from visionllm.vocab import LOC_HALF
 
@@ -78,6 +79,7 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         name_location_relative: bool = False,
         name_fit: bool = False,
         name_fit_gain: float | None = None,
+        token_classes: float = 0.0,
         group_attention: str = "blocks",
     ):
         super().__init__()
@@ -151,6 +153,8 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         if name_fit_gain is not None and not name_fit:
             raise ValueError("model.name_fit_gain holds name_fit's gain: it needs model.name_fit=true")
         self.name_fit = NameFit(held=name_fit_gain) if name_fit else None
+        # [ours] a class loss on the tokenizer (token_classes.py); the weight, 0 = off (None)
+        self.token_classes = TokenClasses.weighted(token_classes, d, H)
         self.none_weight = none_weight
         # [ours] a referring answer's group taught to outscore the other groups (losses.answer_loss)
         if referent_loss < 0:
@@ -278,6 +282,9 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
             if self.group_matching == "tokenizer":
                 # group i answers for the object its image token was matched to [ours]
                 assignment = matched
+        if self.token_classes is not None:
+            losses["loss_tok_cls"] = self.token_classes.matched_loss(
+                toks.embeds, requests, targets, matched, lambda k, n: self._name_embeddings(k, n, unit=True)) / norm
         prefix, valid, ids = splice_image_tokens(self.llm, batch["instructions"], v)
         extent = image_extent(batch["pixel_mask"]) if self.token_sides else None
         kinds = sorted(groups) + ([TEXT_PASS] if text_rows else [])
