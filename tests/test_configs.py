@@ -49,3 +49,24 @@ def test_eval_and_infer_configs_compose():
     for data in ("shapes", "coco", "refcoco"):
         assert compose_cfg("train", [f"data={data}"]).data.val
     assert compose_cfg("infer", ["checkpoint=x", "image=y"]).score_threshold > 0
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_a_first_stage_trains_the_same_image_tokenizer(name):
+    """An experiment's trainer.first_stage, with its overrides, builds the image tokenizer that the
+    experiment then takes from it (its weights must load: the same parts, sizes and options)."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg("train", [f"experiment={name}"])
+    spec = cfg.trainer.get("first_stage")
+    if not spec:
+        pytest.skip("no first stage")
+    stage = compose_cfg("train", [f"experiment={spec.experiment}", *(spec.get("overrides") or [])])
+    assert cfg.data.image_size == stage.data.image_size
+    for part in ("image_tokenizer", "backbone", "text_encoder"):
+        mine, theirs = OmegaConf.to_container(cfg.model[part]), OmegaConf.to_container(stage.model[part])
+        for key in set(mine) | set(theirs):
+            if key in mine and key in theirs:
+                assert mine[key] == theirs[key], (part, key)
+            else:  # an option only one model has must be off in it (decoder_text, checkpointing)
+                assert not mine.get(key, theirs.get(key)), (part, key)

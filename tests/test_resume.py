@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -69,3 +70,40 @@ def test_a_history_file_cut_short_costs_the_curves_not_the_resume(tmp_path, capl
         with caplog.at_level("WARNING"):
             assert _read_history(path) == []
         assert "cannot be read" in caplog.text
+
+
+def test_a_generalist_takes_only_the_image_tokenizer_of_another_run(shapes_root, tmp_path):
+    """trainer.init_parts: the named parts come from the checkpoint (which may hold weights this
+    model lacks elsewhere, as the specialist's box head), the rest keeps its own initial weights,
+    and a checkpoint missing a weight of those parts fails loudly."""
+    import torch
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+
+    from helpers import tiny_model_and_sets
+    from visionllm.engine.checkpoint import WEIGHTS, load_weights
+
+    model, _ = tiny_model_and_sets(shapes_root, tmp_path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    src = {k: v + 1.0 for k, v in before.items() if k.startswith("image_tokenizer.") and v.is_floating_point()}
+    src.update({k: v for k, v in before.items() if k.startswith("image_tokenizer.") and not v.is_floating_point()})
+    src["class_head.weight"] = torch.zeros(6, 4)  # the specialist's own head: not this model's, not taken
+    ckpt = tmp_path / "specialist"
+    ckpt.mkdir()
+    save_file(src, str(ckpt / WEIGHTS))
+    cfg = OmegaConf.create({"model": {"llm": {"pretrained": None}}})
+    load_weights(model, ckpt, cfg, parts=("image_tokenizer.",))
+    after = model.state_dict()
+    for k, v in after.items():
+        expected = src[k] if k in src else before[k]
+        assert torch.equal(v, expected), k
+    assert any(k.startswith("llm.") for k in after)  # the LLM kept its own weights (checked above)
+    # the whole checkpoint cannot start this model: it has another head and no LLM
+    with pytest.raises(ValueError, match="does not have"):
+        load_weights(model, ckpt, cfg)
+    del src[next(k for k in src if k.startswith("image_tokenizer.backbone."))]
+    save_file(src, str(ckpt / WEIGHTS))
+    with pytest.raises(ValueError, match="lacks weights of"):
+        load_weights(model, ckpt, cfg, parts=("image_tokenizer.",))
+    with pytest.raises(ValueError, match="no weights under"):
+        load_weights(model, ckpt, cfg, parts=("no_such_part.",))

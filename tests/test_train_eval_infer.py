@@ -287,6 +287,47 @@ def test_specialist_trains_its_tokenizer_like_the_generalist(shapes_root, tmp_pa
     assert _due(4, 2) and not _due(3, 2) and not _due(4, 0)  # eval_every=0: only after the last step
 
 
+def test_the_specialist_as_a_first_stage_also_names_colours(shapes_root, tmp_path):
+    """model.attributes: each matched token also learns its object's colour word (a loss that
+    falls when trained on, ignoring objects whose name holds no listed word); the baseline
+    (null) has no such head; a list of one word is refused."""
+    from hydra.utils import instantiate
+
+    from helpers import TINY, compose_cfg
+    from visionllm.data.transforms import collate
+    from visionllm.engine import tasks
+    from visionllm.engine.train import absolutize, prepare_tokenizer, tokenizer_corpus
+    from visionllm.modeling.specialist import DetrSpecialist
+
+    colours = ["red", "green", "blue", "yellow", "purple", "orange"]
+    cfg = compose_cfg("train", ["experiment=shapes_specialist", f"data.root={shapes_root}", f"output_dir={tmp_path}",
+                                f"model.attributes=[{','.join(colours)}]",
+                                *[t for t in TINY if ".llm." not in t]])
+    absolutize(cfg)
+    ds, vocabulary = tasks.training_set(cfg)
+    prepare_tokenizer(cfg, tokenizer_corpus(ds, vocabulary))
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    assert model._attribute_targets(["red circle", "circle", "red blue square", "big green star"]) == [0, -100, -100, 1]
+    batch = collate([ds[i] for i in range(4)])
+    assert any(w in n for t in batch["targets"] for n in t["names"] for w in colours)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(15):
+        losses = model(batch)
+        first = first if first is not None else losses["loss_attr"].item()
+        opt.zero_grad()
+        losses["loss"].backward()
+        assert model.attribute_head.weight.grad.abs().sum() > 0
+        opt.step()
+    assert losses["loss_attr"].item() < 0.7 * first
+    baseline = compose_cfg("train", ["experiment=shapes_specialist", f"output_dir={tmp_path}",
+                                     *[t for t in TINY if ".llm." not in t]])
+    assert baseline.model.attributes is None
+    with pytest.raises(ValueError, match="two or more"):
+        DetrSpecialist(image_tokenizer=model.image_tokenizer, categories=["circle"], attributes=["red"])
+
+
 def test_a_later_stage_takes_the_earlier_stages_tokenizer(tmp_path):
     """trainer.init_from: the embedding rows of the earlier run belong to its token ids, so a
     later stage with another task mixture (another corpus) must not train a tokenizer of its own."""

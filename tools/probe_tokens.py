@@ -72,7 +72,11 @@ def collect(model, cfg, images: int, instruction: str):
             metas.append((im, scale, by_image.get(info["id"], [])))
         batch = collate(chunk)
         with torch.no_grad():
-            _, anchors, v = model._image_tokens(batch)
+            if hasattr(model, "_image_tokens"):
+                _, anchors, v = model._image_tokens(batch)
+            else:  # the specialist: its tokens as the tokenizer gives them (no head names words)
+                toks = model.image_tokenizer(batch["images"], batch["pixel_mask"], batch["instructions"])
+                anchors, v = toks.points, toks.embeds
             words = _named_logits(model, batch, v, words_asked) if getattr(model, "token_names", 0) > 0 else None
         s8, s16 = (lvl.permute(0, 2, 3, 1) for lvl in seen["levels"][:2])
         memory_s8 = seen["memory"][:, : s8.shape[1] * s8.shape[2]].reshape(s8.shape)

@@ -108,19 +108,39 @@ def load_config(ckpt_dir: str | Path) -> DictConfig:
     return cfg
 
 
-def load_weights(model, ckpt_dir: str | Path, cfg: DictConfig, *, may_lack: tuple[str, ...] = ()) -> None:
+def load_weights(model, ckpt_dir: str | Path, cfg: DictConfig, *, may_lack: tuple[str, ...] = (),
+                 parts: tuple[str, ...] | None = None) -> None:
     """Load a checkpoint's weights into a built model; every tensor it needs must be there,
     except those under the prefixes ``may_lack`` (parts that start as a no-op, which a later
-    stage may add to an earlier stage's model: the text readout)."""
+    stage may add to an earlier stage's model: the text readout).
+
+    ``parts``: only the weights under these prefixes (e.g. ``("image_tokenizer.",)``) are taken,
+    every one of the model's there must be in the checkpoint, and the rest of the model keeps its
+    own initial weights: a generalist started from the specialist's image tokenizer."""
     ckpt_dir = Path(ckpt_dir)
     weights = ckpt_dir / WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt_dir} has no {WEIGHTS}")
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    state = load_file(str(weights))
+    if parts is not None:
+        parts = tuple(parts)
+        if not parts:
+            raise ValueError("load_weights: parts is empty (None takes every weight)")
+        own = [k for k in model.state_dict() if k.startswith(parts)]
+        if not own:
+            raise ValueError(f"this model has no weights under {list(parts)}")
+        state = {k: v for k, v in state.items() if k.startswith(parts)}
+        lacking = [k for k in own if k not in state and not k.endswith("num_batches_tracked")
+                   and not k.startswith(may_lack)]
+        if lacking:
+            raise ValueError(f"checkpoint {ckpt_dir} lacks weights of {list(parts)}: {lacking[:5]}")
+    missing, unexpected = model.load_state_dict(state, strict=False)
     # a batch norm's step counter has no place in a frozen one (a stage trained with frozen_bn)
     unexpected = [k for k in unexpected if not k.endswith("num_batches_tracked")]
     if unexpected:
         raise ValueError(f"checkpoint {ckpt_dir} holds weights this model does not have: {unexpected[:5]}")
+    if parts is not None:  # the rest of the model is not expected from this checkpoint
+        return
     llm_pretrained = bool(OmegaConf.select(cfg, "model.llm.pretrained"))
     bad = [k for k in missing if not (llm_pretrained and k.startswith("llm.model.")) and not k.startswith(may_lack)]
     if bad:

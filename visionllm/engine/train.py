@@ -46,6 +46,7 @@ from visionllm.engine.distributed import (
     wrap_model,
 )
 from visionllm.engine.optim import build_optimizer
+from visionllm.engine.stages import check_first_stage, run_first_stage
 from visionllm.text_tokenizer import train_text_tokenizer
 
 log = logging.getLogger("visionllm.train")
@@ -188,6 +189,7 @@ def _save(model, cfg, out: Path, step: int, metrics: dict, trainer_state: dict, 
 def train(cfg: DictConfig) -> dict:
     """Train per ``cfg``; returns the final metrics. Writes OUTPUT_DIR/checkpoint and metrics.json."""
     absolutize(cfg)
+    check_first_stage(cfg)
     tc = cfg.trainer
     device = pick_device(tc.device)
     dist = init_distributed(device)
@@ -207,6 +209,10 @@ def train(cfg: DictConfig) -> dict:
     if dist.is_main:
         prepare_tokenizer(cfg, tokenizer_corpus(dataset, vocabulary))
     barrier(dist)
+    if run_first_stage(cfg, train, lambda: barrier(dist)) is not None:  # trainer.first_stage
+        seed_everything(cfg.seed)
+        if dist.is_main:
+            OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     scst = None
     if "caption" in dataset.sets:  # task.caption.scst: captions trained on their own samples' CIDEr
         scst = self_critical.from_config(tasks.task_options(cfg, "caption")["scst"], dataset.sets["caption"].reader,
@@ -223,9 +229,12 @@ def train(cfg: DictConfig) -> dict:
         log.info("model: %.2fM parameters, %.2fM trainable", n_all / 1e6, n_train / 1e6)
     init_from = OmegaConf.select(cfg, "trainer.init_from")
     if init_from:  # a later stage starts from an earlier stage's weights (METHOD.md §6)
+        parts = OmegaConf.select(cfg, "trainer.init_parts")
+        parts = tuple(f"{p.rstrip('.')}." for p in parts) if parts else None
         load_weights(model, init_from, cfg, may_lack=("text_readout.", "named_copy.", "name_pool.", "name_location.",
-                                                    "name_fit.", "token_classes."))  # they start as no-ops
-        log.info("initialised from %s", init_from)
+                                                    "name_fit.", "token_classes."),  # they start as no-ops
+                     parts=parts)
+        log.info("initialised %s from %s", ", ".join(parts) if parts else "every weight", init_from)
 
     step, epoch, batch_in_epoch, history, metrics = 0, 0, 0, [], {}
     resume = find_resume(cfg)

@@ -27,7 +27,8 @@ from visionllm.modeling.matcher import hungarian
 
 class DetrSpecialist(nn.Module):
     def __init__(self, *, image_tokenizer: ImageTokenizer, categories: list[str], w_cls: float = 2.0,
-                 w_l1: float = 5.0, w_giou: float = 2.0):
+                 w_l1: float = 5.0, w_giou: float = 2.0, attributes: list[str] | None = None,
+                 w_attr: float = 1.0):
         super().__init__()
         if not categories:
             raise ValueError("the specialist needs its fixed category list (data.categories)")
@@ -38,6 +39,24 @@ class DetrSpecialist(nn.Module):
         nn.init.constant_(self.class_head.bias, -math.log((1 - 0.01) / 0.01))
         self.box_head = MLP(d, d, 4, 3)  # (dx, dy) on the reference centre in logit space, then (w, h)
         self.w_cls, self.w_l1, self.w_giou = w_cls, w_l1, w_giou
+        # Off in the baseline. As the generalist's first stage (docs/design.md, trainer.first_stage):
+        # each matched token also says its object's attribute word (its colour), so that the
+        # tokens the generalist takes carry colour as well as shape.
+        self.attributes = list(attributes or [])
+        if len(set(self.attributes)) != len(self.attributes) or len(self.attributes) == 1:
+            raise ValueError(f"model.attributes must be two or more distinct words, not {self.attributes}")
+        self.attribute_head = nn.Linear(d, len(self.attributes)) if self.attributes else None
+        self.w_attr = w_attr
+
+    def _attribute_targets(self, names: list[str]) -> list[int]:
+        """Each object's attribute class from its name in words ("red circle" -> "red"); -100
+        (ignored) where the name holds none of the listed words or more than one."""
+        index = {w: i for i, w in enumerate(self.attributes)}
+        out = []
+        for name in names:
+            hits = {index[w] for w in name.split() if w in index}
+            out.append(hits.pop() if len(hits) == 1 else -100)
+        return out
 
     def _boxes(self, toks) -> tuple[torch.Tensor, torch.Tensor]:
         e = toks.embeds
@@ -57,6 +76,7 @@ class DetrSpecialist(nn.Module):
         cls_target = torch.zeros_like(logits)
         l1 = giou = logits.new_zeros(())
         n_all = 0
+        attr_tokens, attr_targets = [], []
         for b, (req, tgt) in enumerate(zip(batch["requests"], batch["targets"])):
             labels = self._category_targets(req, tgt).to(logits.device)
             coords = tgt["coords"].to(logits.device)
@@ -70,6 +90,12 @@ class DetrSpecialist(nn.Module):
             l1 = l1 + F.l1_loss(boxes[b, i], coords[j], reduction="sum")
             giou = giou + (1 - generalized_box_iou(boxes[b, i], coords[j]).diagonal()).sum()
             n_all += len(labels)
+            if self.attribute_head is not None:
+                if "names" not in tgt:
+                    raise ValueError("model.attributes needs each object's name in words (targets' names)")
+                words = self._attribute_targets(tgt["names"])
+                attr_tokens.append(toks.embeds[b, torch.as_tensor(i, device=logits.device)])
+                attr_targets.append(torch.tensor([words[k] for k in j.tolist()], dtype=torch.long))
         (n,) = global_counts([n_all], logits.device)
         n = max(n, 1.0)
         tok_losses, _ = tokenizer_loss(
@@ -81,6 +107,13 @@ class DetrSpecialist(nn.Module):
             "loss_giou": self.w_giou * giou / n,
             **tok_losses,
         }
+        if self.attribute_head is not None:
+            # every rank computes it (zero without a target) so that the head always has a gradient
+            e = torch.cat(attr_tokens) if attr_tokens else toks.embeds[:, :0].reshape(0, toks.embeds.shape[-1])
+            t = torch.cat(attr_targets).to(logits.device) if attr_targets else torch.zeros(0, dtype=torch.long,
+                                                                                            device=logits.device)
+            ce = F.cross_entropy(self.attribute_head(e), t, ignore_index=-100, reduction="sum")
+            losses["loss_attr"] = self.w_attr * ce / n
         losses["loss"] = sum(losses.values())
         return losses
 
@@ -101,6 +134,8 @@ class DetrSpecialist(nn.Module):
         return out
 
 
-def build_specialist(*, backbone, text_encoder, image_tokenizer: dict, categories: list[str]) -> DetrSpecialist:
+def build_specialist(*, backbone, text_encoder, image_tokenizer: dict, categories: list[str],
+                     attributes: list[str] | None = None, attribute_loss: float = 1.0) -> DetrSpecialist:
     tok = ImageTokenizer(backbone=backbone, text_encoder=text_encoder, **dict(image_tokenizer))
-    return DetrSpecialist(image_tokenizer=tok, categories=categories)
+    return DetrSpecialist(image_tokenizer=tok, categories=categories,
+                          attributes=list(attributes) if attributes else None, w_attr=attribute_loss)
