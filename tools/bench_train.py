@@ -29,18 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def worker(experiment: str, steps: int, warmup: int, overrides: list[str]) -> dict:
     import torch
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from visionllm.cli import pick_device
     from visionllm.data.transforms import collate
     from visionllm.engine import tasks
     from visionllm.engine.optim import build_optimizer
+    from visionllm.engine.stages import compose_train_config
     from visionllm.engine.train import absolutize, prepare_tokenizer, tokenizer_corpus
 
     tmp = tempfile.mkdtemp()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", [f"experiment={experiment}", f"output_dir={tmp}", *overrides])
+    cfg = compose_train_config([f"experiment={experiment}", f"output_dir={tmp}", *overrides])
     absolutize(cfg)
     device = pick_device(cfg.trainer.device)
     ds, vocabulary = tasks.training_set(cfg)

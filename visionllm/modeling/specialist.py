@@ -109,10 +109,9 @@ class DetrSpecialist(nn.Module):
         }
         if self.attribute_head is not None:
             # every rank computes it (zero without a target) so that the head always has a gradient
-            e = torch.cat(attr_tokens) if attr_tokens else toks.embeds[:, :0].reshape(0, toks.embeds.shape[-1])
-            t = torch.cat(attr_targets).to(logits.device) if attr_targets else torch.zeros(0, dtype=torch.long,
-                                                                                            device=logits.device)
-            ce = F.cross_entropy(self.attribute_head(e), t, ignore_index=-100, reduction="sum")
+            e = torch.cat(attr_tokens) if attr_tokens else toks.embeds.new_zeros(0, toks.embeds.shape[-1])
+            t = torch.cat(attr_targets) if attr_targets else torch.zeros(0, dtype=torch.long)
+            ce = F.cross_entropy(self.attribute_head(e), t.to(logits.device), ignore_index=-100, reduction="sum")
             losses["loss_attr"] = self.w_attr * ce / n
         losses["loss"] = sum(losses.values())
         return losses
