@@ -51,6 +51,11 @@ def test_eval_and_infer_configs_compose():
     assert compose_cfg("infer", ["checkpoint=x", "image=y"]).score_threshold > 0
 
 
+# options that say whether weights move, not which weights there are: a second stage may freeze
+# the backbone that its first stage trained (the paper's stage 2; experiment=shapes since run 40)
+MOVES_ONLY = {("backbone", "frozen")}
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_a_first_stage_trains_the_same_image_tokenizer(name):
     """An experiment's trainer.first_stage, with its overrides, builds the image tokenizer that the
@@ -66,6 +71,8 @@ def test_a_first_stage_trains_the_same_image_tokenizer(name):
     for part in ("image_tokenizer", "backbone", "text_encoder"):
         mine, theirs = OmegaConf.to_container(cfg.model[part]), OmegaConf.to_container(stage.model[part])
         for key in set(mine) | set(theirs):
+            if (part, key) in MOVES_ONLY:
+                continue
             if key in mine and key in theirs:
                 assert mine[key] == theirs[key], (part, key)
             else:  # an option only one model has must be off in it (decoder_text, checkpointing)

@@ -49,6 +49,21 @@ def test_the_first_stage_trains_once_and_starts_the_second(shapes_root, tmp_path
     assert "already finished" in caplog.text
     assert (stage / "checkpoint" / "model.safetensors").stat().st_mtime_ns == mtime
 
+    # a second stage with the backbone frozen (frozen batch norms) takes the stage's backbone as it is,
+    # its norms' running statistics too
+    from hydra.utils import instantiate
+
+    from visionllm.engine.checkpoint import load_weights
+    frozen_cfg = OmegaConf.load(out / "config.yaml")
+    frozen_cfg.model.backbone.frozen = True
+    model = instantiate(frozen_cfg.model)
+    load_weights(model, stage / "checkpoint", frozen_cfg, parts=("image_tokenizer.",))
+    stage_all = load_file(str(stage / "checkpoint" / "model.safetensors"))
+    body = {k: v for k, v in model.state_dict().items() if k.startswith("image_tokenizer.backbone.body.")}
+    assert any(k.endswith("running_var") for k in body) and not any(p.requires_grad for p in
+                                                                    model.image_tokenizer.backbone.body.parameters())
+    assert all(torch.equal(v, stage_all[k]) for k, v in body.items())
+
 
 def test_a_first_stage_is_checked_before_anything_trains(shapes_root, tmp_path):
     cfg = tiny_train_cfg(shapes_root, tmp_path / "a", STEPS)
@@ -61,3 +76,29 @@ def test_a_first_stage_is_checked_before_anything_trains(shapes_root, tmp_path):
     with pytest.raises(ValueError, match="takes experiment"):
         train(cfg)
     assert not (tmp_path / "b" / "first_stage").exists()
+
+
+def test_a_frozen_backbone_must_start_from_weights(shapes_root, tmp_path):
+    """experiment=shapes freezes its backbone in the second stage: a run that gives it no weights
+    (no stage, no init_from holding it, no checkpoint) stops with a clear error before training."""
+    from helpers import compose_cfg
+    from visionllm.engine.stages import check_frozen_backbone
+
+    cfg = tiny_train_cfg(shapes_root, tmp_path / "a", [*STEPS, "model.backbone.frozen=true"])
+    with pytest.raises(ValueError, match="nothing gives the backbone weights"):
+        train(cfg)
+    assert not (tmp_path / "a" / "config.yaml").exists()
+    cfg = tiny_train_cfg(shapes_root, tmp_path / "b", [*STEPS, "model.backbone.frozen=true",
+                                                       f"trainer.init_from={tmp_path / 'elsewhere'}", "trainer.init_parts=[llm]"])
+    with pytest.raises(ValueError, match=r"do not hold the backbone"):
+        check_frozen_backbone(cfg)
+    for parts in (["image_tokenizer"], ["image_tokenizer.backbone"], None):
+        cfg.trainer.init_parts = parts
+        check_frozen_backbone(cfg)  # the backbone comes with the parts (None: every weight)
+    # the shipped experiment: frozen, with a first stage that hands on the image tokenizer
+    shapes = compose_cfg("train", ["experiment=shapes"])
+    assert shapes.model.backbone.frozen is True and "image_tokenizer" in shapes.trainer.first_stage.parts
+    check_frozen_backbone(shapes)
+    with pytest.raises(ValueError, match="model.backbone.frozen=false"):
+        check_frozen_backbone(compose_cfg("train", ["experiment=shapes", "trainer.first_stage=null"]))
+    check_frozen_backbone(compose_cfg("train", ["experiment=shapes", "trainer.first_stage=null", "model.backbone.frozen=false"]))

@@ -57,6 +57,34 @@ def check_first_stage(cfg: DictConfig) -> DictConfig | None:
     return spec
 
 
+BACKBONE_PREFIX = "image_tokenizer.backbone."
+
+
+def check_frozen_backbone(cfg: DictConfig) -> None:
+    """A frozen backbone (``model.backbone.frozen``) keeps the weights it starts with, so it needs
+    some: from ``model.backbone.checkpoint``, or from a first stage or ``trainer.init_from`` whose
+    parts hold the backbone. A clear error otherwise, before anything trains (frozen at its random
+    initial weights, it would hand the rest of the model noise for the whole run)."""
+    if not OmegaConf.select(cfg, "model.backbone.frozen", default=False):
+        return
+    if OmegaConf.select(cfg, "model.backbone.checkpoint"):
+        return
+    spec = OmegaConf.select(cfg, "trainer.first_stage")
+    if spec:
+        source, parts = "trainer.first_stage", spec.get("parts")
+    elif OmegaConf.select(cfg, "trainer.init_from"):
+        source, parts = "trainer.init_from", OmegaConf.select(cfg, "trainer.init_parts")
+    else:
+        raise ValueError("model.backbone.frozen=true, but nothing gives the backbone weights (no "
+                         "model.backbone.checkpoint, trainer.first_stage or trainer.init_from): it would stay at "
+                         "its random initial weights. Set one of them, or model.backbone.frozen=false to train it "
+                         "(experiment=shapes as one stage: trainer.first_stage=null model.backbone.frozen=false)")
+    if parts and not any(BACKBONE_PREFIX.startswith(f"{str(p).rstrip('.')}.") for p in parts):
+        raise ValueError(f"model.backbone.frozen=true, but the parts {list(parts)} that {source} starts this run "
+                         f"from do not hold the backbone ({BACKBONE_PREFIX}...): it would stay at its random "
+                         f"initial weights. Add image_tokenizer to the parts, or set model.backbone.frozen=false")
+
+
 def run_first_stage(cfg: DictConfig, train: Callable[[DictConfig], dict], sync: Callable[[], None]) -> Path | None:
     """Train ``trainer.first_stage`` (unless finished) and point ``trainer.init_from`` (and
     ``trainer.init_parts``) at it; returns the stage's directory, or None when there is none.

@@ -46,7 +46,7 @@ from visionllm.engine.distributed import (
     wrap_model,
 )
 from visionllm.engine.optim import build_optimizer
-from visionllm.engine.stages import check_first_stage, run_first_stage
+from visionllm.engine.stages import check_first_stage, check_frozen_backbone, run_first_stage
 from visionllm.text_tokenizer import train_text_tokenizer
 
 log = logging.getLogger("visionllm.train")
@@ -190,6 +190,7 @@ def train(cfg: DictConfig) -> dict:
     """Train per ``cfg``; returns the final metrics. Writes OUTPUT_DIR/checkpoint and metrics.json."""
     absolutize(cfg)
     check_first_stage(cfg)
+    check_frozen_backbone(cfg)
     tc = cfg.trainer
     device = pick_device(tc.device)
     dist = init_distributed(device)
