@@ -57,7 +57,7 @@ def check_first_stage(cfg: DictConfig) -> DictConfig | None:
     return spec
 
 
-BACKBONE_PREFIX = "image_tokenizer.backbone."
+BACKBONE_PREFIX = "image_tokenizer.backbone.body."  # what model.backbone.frozen freezes
 
 
 def check_frozen_backbone(cfg: DictConfig) -> None:
