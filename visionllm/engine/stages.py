@@ -60,6 +60,12 @@ def check_first_stage(cfg: DictConfig) -> DictConfig | None:
 BACKBONE_PREFIX = "image_tokenizer.backbone.body."  # what model.backbone.frozen freezes
 
 
+def part_prefixes(parts) -> tuple[str, ...] | None:
+    """``trainer.init_parts`` (or a stage's ``parts``) as the weight-name prefixes they take
+    (``image_tokenizer`` -> ``image_tokenizer.``); None or empty: every weight."""
+    return tuple(f"{str(p).rstrip('.')}." for p in parts) if parts else None
+
+
 def check_frozen_backbone(cfg: DictConfig) -> None:
     """A frozen backbone (``model.backbone.frozen``) keeps the weights it starts with, so it needs
     some: from ``model.backbone.checkpoint``, or from a first stage or ``trainer.init_from`` whose
@@ -79,7 +85,7 @@ def check_frozen_backbone(cfg: DictConfig) -> None:
                          "model.backbone.checkpoint, trainer.first_stage or trainer.init_from): it would stay at "
                          "its random initial weights. Set one of them, or model.backbone.frozen=false to train it "
                          "(experiment=shapes as one stage: trainer.first_stage=null model.backbone.frozen=false)")
-    if parts and not any(BACKBONE_PREFIX.startswith(f"{str(p).rstrip('.')}.") for p in parts):
+    if parts and not BACKBONE_PREFIX.startswith(part_prefixes(parts)):
         raise ValueError(f"model.backbone.frozen=true, but the parts {list(parts)} that {source} starts this run "
                          f"from do not hold the backbone ({BACKBONE_PREFIX}...): it would stay at its random "
                          f"initial weights. Add image_tokenizer to the parts, or set model.backbone.frozen=false")

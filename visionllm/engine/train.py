@@ -46,7 +46,12 @@ from visionllm.engine.distributed import (
     wrap_model,
 )
 from visionllm.engine.optim import build_optimizer
-from visionllm.engine.stages import check_first_stage, check_frozen_backbone, run_first_stage
+from visionllm.engine.stages import (
+    check_first_stage,
+    check_frozen_backbone,
+    part_prefixes,
+    run_first_stage,
+)
 from visionllm.text_tokenizer import train_text_tokenizer
 
 log = logging.getLogger("visionllm.train")
@@ -231,7 +236,7 @@ def train(cfg: DictConfig) -> dict:
     init_from = OmegaConf.select(cfg, "trainer.init_from")
     if init_from:  # a later stage starts from an earlier stage's weights (METHOD.md §6)
         parts = OmegaConf.select(cfg, "trainer.init_parts")
-        parts = tuple(f"{p.rstrip('.')}." for p in parts) if parts else None
+        parts = part_prefixes(parts)
         load_weights(model, init_from, cfg, may_lack=("text_readout.", "named_copy.", "name_pool.", "name_location.",
                                                     "name_fit.", "token_classes."),  # they start as no-ops
                      parts=parts)
