@@ -68,6 +68,8 @@ def test_a_first_stage_trains_the_same_image_tokenizer(name):
         pytest.skip("no first stage")
     stage = compose_cfg("train", [f"experiment={spec.experiment}", *(spec.get("overrides") or [])])
     assert cfg.data.image_size == stage.data.image_size
+    # the specialist's box head goes to a model with a box prior (model.box_prior) only
+    assert ("box_head" in (spec.get("parts") or [])) == bool(cfg.model.get("box_prior")), spec.get("parts")
     for part in ("image_tokenizer", "backbone", "text_encoder"):
         mine, theirs = OmegaConf.to_container(cfg.model[part]), OmegaConf.to_container(stage.model[part])
         for key in set(mine) | set(theirs):

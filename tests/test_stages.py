@@ -64,6 +64,16 @@ def test_the_first_stage_trains_once_and_starts_the_second(shapes_root, tmp_path
                                                                     model.image_tokenizer.backbone.body.parameters())
     assert all(torch.equal(v, stage_all[k]) for k, v in body.items())
 
+    # with model.box_prior the generalist also takes the specialist's box head (parts box_head);
+    # a model without the prior says it has no such part
+    prior_cfg = OmegaConf.load(out / "config.yaml")
+    prior_cfg.model.box_prior = True
+    model = instantiate(prior_cfg.model)
+    load_weights(model, stage / "checkpoint", prior_cfg, parts=("image_tokenizer.", "box_head."))
+    assert all(torch.equal(v, stage_all[f"box_head.{k}"]) for k, v in model.box_head.state_dict().items())
+    with pytest.raises(ValueError, match=r"no weights under \['box_head.'\]"):
+        load_weights(instantiate(saved.model), stage / "checkpoint", saved, parts=("image_tokenizer.", "box_head."))
+
 
 def test_a_first_stage_is_checked_before_anything_trains(shapes_root, tmp_path):
     cfg = tiny_train_cfg(shapes_root, tmp_path / "a", STEPS)

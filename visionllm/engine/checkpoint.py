@@ -127,8 +127,10 @@ def load_weights(model, ckpt_dir: str | Path, cfg: DictConfig, *, may_lack: tupl
         if not parts:
             raise ValueError("load_weights: parts is empty (None takes every weight)")
         own = [k for k in model.state_dict() if k.startswith(parts)]
-        if not own:
-            raise ValueError(f"this model has no weights under {list(parts)}")
+        absent = [p for p in parts if not any(k.startswith(p) for k in own)]
+        if absent:  # e.g. box_head. where model.box_prior is off
+            raise ValueError(f"this model has no weights under {absent} (of the parts {list(parts)} to take from "
+                             f"{ckpt_dir}): take only parts it has, or turn on the option that builds them")
         state = {k: v for k, v in state.items() if k.startswith(parts)}
         lacking = [k for k in own if k not in state and not k.endswith("num_batches_tracked")
                    and not k.startswith(may_lack)]

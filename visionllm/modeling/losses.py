@@ -107,7 +107,7 @@ def read_offsets(loc_logits: torch.Tensor, window: int = 0) -> torch.Tensor:
 def answer_loss(
     cls_logits: torch.Tensor,  # (M, K+1): K instruction classes, then no-object
     loc_logits: torch.Tensor,  # (M, 2N, 1025)
-    anchors: torch.Tensor,  # (M, 2) l_i
+    anchors: torch.Tensor,  # (M, 2) l_i, or (M, 2N) each slot's own point (a box prior's)
     labels: torch.Tensor,  # (n,) class index in 0..K-1
     coords: torch.Tensor,  # (n, 2N) canvas-normalized, interleaved x, y
     *,
@@ -135,7 +135,8 @@ def answer_loss(
     """
     M, K1 = cls_logits.shape
     n_coord = loc_logits.shape[1]
-    pred = anchors.repeat(1, n_coord // 2) + expected_offsets(loc_logits)  # (M, 2N)
+    base = anchors if anchors.shape[-1] == n_coord else anchors.repeat(1, n_coord // 2)  # (M, 2N)
+    pred = base + expected_offsets(loc_logits)
     cls_logp = cls_logits.log_softmax(-1)
     weights = torch.full((K1,), 1.0, device=cls_logits.device)
     weights[-1] = none_weight
@@ -150,7 +151,7 @@ def answer_loss(
                 cost = cost - w_giou * generalized_box_iou(_safe_box(pred), coords)
             i, j = hungarian(cost)
         target[i] = labels[j]
-        offsets = coords[j] - anchors[i].repeat(1, n_coord // 2)
+        offsets = coords[j] - base[i]
         per_coord = 4 / n_coord  # an N-point polygon weighs like a box: losses per 4 coordinates
         out["loss_loc_ce"] = w_ce * per_coord * location_ce(loc_logits[i], offsets)
         out["loss_loc_l1"] = w_l1 * per_coord * F.l1_loss(pred[i], coords[j], reduction="sum")

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from visionllm.box_ops import cxcywh_to_xyxy, generalized_box_iou
-from visionllm.modeling.deformable import MLP, inverse_sigmoid
+from visionllm.box_ops import generalized_box_iou
+from visionllm.modeling.box_prior import box_head, prior_boxes
 from visionllm.modeling.image_tokenizer import ImageTokenizer
 from visionllm.modeling.losses import global_counts, tokenizer_loss
 from visionllm.modeling.matcher import hungarian
@@ -37,7 +37,7 @@ class DetrSpecialist(nn.Module):
         d = image_tokenizer.d_model
         self.class_head = nn.Linear(d, len(categories))
         nn.init.constant_(self.class_head.bias, -math.log((1 - 0.01) / 0.01))
-        self.box_head = MLP(d, d, 4, 3)  # (dx, dy) on the reference centre in logit space, then (w, h)
+        self.box_head = box_head(d)  # (dx, dy) on the reference centre in logit space, then (w, h)
         self.w_cls, self.w_l1, self.w_giou = w_cls, w_l1, w_giou
         # Off in the baseline. As the generalist's first stage (docs/design.md, trainer.first_stage):
         # each matched token also says its object's attribute word (its colour), so that the
@@ -59,11 +59,7 @@ class DetrSpecialist(nn.Module):
         return out
 
     def _boxes(self, toks) -> tuple[torch.Tensor, torch.Tensor]:
-        e = toks.embeds
-        delta = self.box_head(e)
-        centre = (inverse_sigmoid(toks.points) + delta[..., :2]).sigmoid()
-        boxes = torch.cat([centre, delta[..., 2:].sigmoid()], -1)  # (B, M, 4) cxcywh canvas
-        return self.class_head(e), cxcywh_to_xyxy(boxes)
+        return self.class_head(toks.embeds), prior_boxes(self.box_head, toks.embeds, toks.points)
 
     def _category_targets(self, request, target) -> torch.Tensor:
         index = {n: i for i, n in enumerate(self.categories)}

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from visionllm.modeling.box_prior import box_head, prior_boxes, prior_loss, slot_anchors, target_box
 from visionllm.modeling.class_names import ClassNames
 from visionllm.modeling.decoding import decode_groups, span_positions, splice_image_tokens
 from visionllm.modeling.deformable import MLP, sine_embed
@@ -81,6 +82,7 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         name_fit_gain: float | None = None,
         token_classes: float = 0.0,
         group_attention: str = "blocks",
+        box_prior: bool = False,
     ):
         super().__init__()
         self.image_tokenizer = image_tokenizer
@@ -94,6 +96,8 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         # v_i = Linear(e_i) + MLP(sine(l_i))  [ours]
         self.token_proj = nn.Linear(d, H)
         self.loc_embed = MLP(d, H, H, 2)
+        # [ours] each token also regresses a box, and answers are offsets from its points (box_prior.py)
+        self.box_head = box_head(d) if box_prior else None
         # token_scale "embedding" [ours]: v_i RMS-normalized, times a learned gain that starts at
         # the RMS of the LLM's own input embeddings (docs/design.md, "Referring")
         if token_scale not in ("free", "embedding"):
@@ -178,6 +182,18 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
             v = _rms(v) * self.token_gain.to(v.dtype)
         return toks, anchors, v
 
+    def _prior(self, toks) -> torch.Tensor | None:
+        """(B, M, 4) each token's prior box (box_prior.py), or None without ``model.box_prior``."""
+        return None if self.box_head is None else prior_boxes(self.box_head, toks.embeds, toks.points)
+
+    @staticmethod
+    def _slot_anchors(anchors: torch.Tensor, boxes: torch.Tensor | None, num_points: int) -> torch.Tensor:
+        """(..., 2) centres and (..., 4) prior boxes or None -> (..., 2N) what each coordinate
+        slot is an offset from: the centre l_i (METHOD.md §5), or the prior box's point for it."""
+        if boxes is None:
+            return anchors.repeat(*([1] * (anchors.dim() - 1)), num_points)
+        return slot_anchors(boxes.detach(), num_points)
+
     def _structured_groups(self, requests) -> dict[int, list[int]]:
         by_points = defaultdict(list)
         for b, r in enumerate(requests):
@@ -185,7 +201,7 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
                 by_points[r.num_points].append(b)
         return by_points
 
-    def _slot_logits(self, prefix, valid, ids, v, anchors, idx, num_points, requests):
+    def _slot_logits(self, prefix, valid, ids, v, anchors, idx, num_points, requests, boxes=None):
         """Class-slot logits (b, M, Kmax+1) with absent classes at -inf, location logits (b, M, 2N, 1025).
 
         A class slot's logit for <ck> is the head row of <ck> plus a pointer term: the slot's
@@ -215,7 +231,8 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         loc_logits = self.llm.logits(hidden[:, :, 1:], loc_ids)  # (b, M, 2N, 1025)
         if self.name_location is not None:
             # each group's expected answer, as the losses read it (anchor + expected offsets)
-            points = anchors[idx].repeat(1, 1, num_points) + expected_offsets(loc_logits)
+            points = self._slot_anchors(anchors[idx], None if boxes is None else boxes[idx], num_points)
+            points = points + expected_offsets(loc_logits)
             words = self._name_embeddings([requests[b].classes for b in idx], kmax, unit=True)
             fit = cls_logits[..., :kmax] + pointer - cls_logits[..., kmax:]  # each name against "none"
             pointer = pointer + self.name_location(words, points.view(len(idx), -1, num_points, 2), fit)
@@ -242,6 +259,7 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         requests, targets = batch["requests"], batch["targets"]
         toks, anchors, v = self._image_tokens(batch)
+        boxes = self._prior(toks)
         # the tokenizer learns from samples that name their objects (not from captions or answers)
         rows = [b for b, t in enumerate(targets) if t.get("centers") is not None]
         assignment: dict[int, tuple] = {}
@@ -267,10 +285,12 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         # Normalizers over all processes, in one all-reduce on every step before any branch and
         # any LLM pass (under FSDP a pass is a series of collectives too): every rank issues the
         # same collectives in the same order, so none waits alone.
-        tok_norm, norm, text_norm = global_counts([
+        boxed = [b for b in rows if requests[b].structured and boxes is not None]  # the prior learns from these
+        tok_norm, norm, text_norm, box_norm = global_counts([
             sum(len(targets[b]["centers"]) for b in rows),
             sum(len(targets[b]["labels"]) for idx in groups.values() for b in idx),
             sum(len(a) for a in answers) + sum(len(c) for c in context),
+            sum(len(targets[b]["coords"]) for b in boxed),
         ], v.device)
         norm, text_norm = max(norm, 1.0), max(text_norm, 1.0)
         if rows:
@@ -282,6 +302,12 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
             if self.group_matching == "tokenizer":
                 # group i answers for the object its image token was matched to [ours]
                 assignment = matched
+        if boxes is not None:
+            pairs = [(b, matched[b][0], target_box(targets[b]["coords"].to(v.device))[matched[b][1]])
+                     for b in boxed]
+            losses.update(prior_loss(boxes, pairs, box_norm))
+            if not boxed:  # every trainable tensor takes part in every step (see below)
+                losses["loss_prior_l1"] = losses["loss_prior_l1"] + 0.0 * boxes.sum()
         if self.token_classes is not None:
             losses["loss_tok_cls"] = self.token_classes.matched_loss(
                 toks.embeds, requests, targets, matched, lambda k, n: self._name_embeddings(k, n, unit=True)) / norm
@@ -300,9 +326,9 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
                                                       ) / text_norm
             elif kind in groups:
                 self._structured_losses(sums, prefix, valid, ids, v, anchors, groups[kind], kind, requests, targets,
-                                        assignment, matched, extent)
+                                        assignment, matched, extent, boxes)
             else:  # a pass another rank needs and this batch does not: it counts zero
-                idle = idle + self._idle_pass(prefix, valid, ids, v, anchors, kind)
+                idle = idle + self._idle_pass(prefix, valid, ids, v, anchors, kind, boxes)
         for k, val in sums.items():
             losses[k] = val / norm
         # Every trainable tensor takes part in every step, whatever the batch holds: FSDP
@@ -325,12 +351,12 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         return losses
 
     def _structured_losses(self, sums, prefix, valid, ids, v, anchors, idx, n_pts, requests, targets, assignment,
-                           matched, extent=None):
+                           matched, extent=None, boxes=None):
         """One LLM pass for the rows of ``idx`` (all asking for ``n_pts`` points); adds their
         summed box/polygon/class losses (and token-naming loss) into ``sums``. ``extent`` (B, 2)
         the image's share of the canvas, where token naming also says each object's side."""
         with self._layer_output() as seen:
-            cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, anchors, idx, n_pts, requests)
+            cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, anchors, idx, n_pts, requests, boxes)
         if self.token_names > 0:
             states = seen.get("out", prefix[idx])  # layer 0: the LLM's input
             sums["loss_names"] = sums["loss_names"] + self.token_names * self._naming_loss(
@@ -343,7 +369,7 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
             parts, _ = answer_loss(
                 cls_logits[row][:, keep],
                 loc_logits[row],
-                anchors[b],
+                self._slot_anchors(anchors[b], None if boxes is None else boxes[b], n_pts),
                 t["labels"].to(v.device),
                 t["coords"].to(v.device),
                 is_box=n_pts == 2,
@@ -365,13 +391,13 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         torch.distributed.all_gather_object(everyone, kinds)
         return sorted({k for ks in everyone for k in ks})
 
-    def _idle_pass(self, prefix, valid, ids, v, anchors, kind: int) -> torch.Tensor:
+    def _idle_pass(self, prefix, valid, ids, v, anchors, kind: int, boxes=None) -> torch.Tensor:
         """A pass of ``kind`` on the first sample with a stand-in request, times zero."""
         if kind == TEXT_PASS:
             return 0.0 * self._text_loss(prefix, valid, [0], [[self.llm.tokenizer.eos_token_id]], ids, v=(v, None),
                                          instructions=[""] * v.shape[0])
         stand_in = {0: Request(kind="boxes" if kind == 2 else "polygons", classes=["object"], num_points=kind)}
-        cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, anchors, [0], kind, stand_in)
+        cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, anchors, [0], kind, stand_in, boxes)
         return 0.0 * (cls_logits.sum() + loc_logits.sum())
 
     def _answer_ids(self, text: str) -> list[int]:
@@ -470,15 +496,16 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
             raise ValueError(f"{samples} samples of each text need a temperature above 0, not {temperature}")
         requests = batch["requests"]
         toks, anchors, v = self._image_tokens(batch)
+        boxes = self._prior(toks)
         prefix, valid, ids = splice_image_tokens(self.llm, batch["instructions"], v)
         out: list[dict] = [{} for _ in requests]
         for n_pts, idx in self._structured_groups(requests).items():
-            cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, anchors, idx, n_pts, requests)
+            cls_logits, loc_logits = self._slot_logits(prefix, valid, ids, v, anchors, idx, n_pts, requests, boxes)
             probs = cls_logits.softmax(-1)[..., :-1]  # drop no-object
             scores, labels = probs.max(-1)  # (b, M)
             offsets = read_offsets(loc_logits, location_window)  # (b, M, 2N)
             for row, b in enumerate(idx):
-                pts = anchors[b].repeat(1, n_pts) + offsets[row]
+                pts = self._slot_anchors(anchors[b], None if boxes is None else boxes[b], n_pts) + offsets[row]
                 out[b] = {"labels": labels[row], "scores": scores[row], "points": pts.view(-1, n_pts, 2),
                           "probs": probs[row], "objectness": toks.layer_logits[-1, b].sigmoid()}
         for b, r in enumerate(requests):
