@@ -53,12 +53,33 @@ def slot_anchors(boxes: torch.Tensor, num_points: int) -> torch.Tensor:
     return torch.stack([xs, ys], -1).flatten(-2)
 
 
+def answer_anchors(centres: torch.Tensor, boxes: torch.Tensor | None, num_points: int) -> torch.Tensor:
+    """(..., 2) token centres and (..., 4) prior boxes or None -> (..., 2N) what each coordinate
+    slot is an offset from: the centre l_i (METHOD.md §5), or the prior box's point for it
+    (detached: the answer's losses move the LLM, not the prior)."""
+    if boxes is None:
+        return centres.repeat(*([1] * (centres.dim() - 1)), num_points)
+    return slot_anchors(boxes.detach(), num_points)
+
+
 def target_box(coords: torch.Tensor) -> torch.Tensor:
     """(n, 2N) an answer's targets -> (n, 4) their boxes: a box as it is, a polygon's extent."""
     if coords.shape[-1] == 4:
         return coords
     xy = coords.view(coords.shape[0], -1, 2)
     return torch.cat([xy.amin(1), xy.amax(1)], -1)
+
+
+def matched_prior_loss(boxes: torch.Tensor, targets: list[dict], matched: dict, rows: list[int],
+                       num: float) -> dict[str, torch.Tensor]:
+    """:func:`prior_loss` over the tokens the tokenizer matched (``matched``: row -> (tokens,
+    objects)) in ``rows``, against their objects' boxes; without rows, an exact zero that still
+    reaches every prior weight (FSDP reduces the same gradients on every rank)."""
+    pairs = [(b, matched[b][0], target_box(targets[b]["coords"].to(boxes.device))[matched[b][1]]) for b in rows]
+    out = prior_loss(boxes, pairs, num)
+    if not rows:
+        out["loss_prior_l1"] = out["loss_prior_l1"] + 0.0 * boxes.sum()
+    return out
 
 
 def prior_loss(boxes: torch.Tensor, pairs: list[tuple[int, torch.Tensor, torch.Tensor]], num: float,

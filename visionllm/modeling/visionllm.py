@@ -14,7 +14,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from visionllm.modeling.box_prior import box_head, prior_boxes, prior_loss, slot_anchors, target_box
+from visionllm.modeling.box_prior import answer_anchors, box_head, matched_prior_loss, prior_boxes
 from visionllm.modeling.class_names import ClassNames
 from visionllm.modeling.decoding import decode_groups, span_positions, splice_image_tokens
 from visionllm.modeling.deformable import MLP, sine_embed
@@ -186,14 +186,6 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         """(B, M, 4) each token's prior box (box_prior.py), or None without ``model.box_prior``."""
         return None if self.box_head is None else prior_boxes(self.box_head, toks.embeds, toks.points)
 
-    @staticmethod
-    def _slot_anchors(anchors: torch.Tensor, boxes: torch.Tensor | None, num_points: int) -> torch.Tensor:
-        """(..., 2) centres and (..., 4) prior boxes or None -> (..., 2N) what each coordinate
-        slot is an offset from: the centre l_i (METHOD.md §5), or the prior box's point for it."""
-        if boxes is None:
-            return anchors.repeat(*([1] * (anchors.dim() - 1)), num_points)
-        return slot_anchors(boxes.detach(), num_points)
-
     def _structured_groups(self, requests) -> dict[int, list[int]]:
         by_points = defaultdict(list)
         for b, r in enumerate(requests):
@@ -231,7 +223,7 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         loc_logits = self.llm.logits(hidden[:, :, 1:], loc_ids)  # (b, M, 2N, 1025)
         if self.name_location is not None:
             # each group's expected answer, as the losses read it (anchor + expected offsets)
-            points = self._slot_anchors(anchors[idx], None if boxes is None else boxes[idx], num_points)
+            points = answer_anchors(anchors[idx], None if boxes is None else boxes[idx], num_points)
             points = points + expected_offsets(loc_logits)
             words = self._name_embeddings([requests[b].classes for b in idx], kmax, unit=True)
             fit = cls_logits[..., :kmax] + pointer - cls_logits[..., kmax:]  # each name against "none"
@@ -303,11 +295,7 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
                 # group i answers for the object its image token was matched to [ours]
                 assignment = matched
         if boxes is not None:
-            pairs = [(b, matched[b][0], target_box(targets[b]["coords"].to(v.device))[matched[b][1]])
-                     for b in boxed]
-            losses.update(prior_loss(boxes, pairs, box_norm))
-            if not boxed:  # every trainable tensor takes part in every step (see below)
-                losses["loss_prior_l1"] = losses["loss_prior_l1"] + 0.0 * boxes.sum()
+            losses.update(matched_prior_loss(boxes, targets, matched, boxed, box_norm))
         if self.token_classes is not None:
             losses["loss_tok_cls"] = self.token_classes.matched_loss(
                 toks.embeds, requests, targets, matched, lambda k, n: self._name_embeddings(k, n, unit=True)) / norm
@@ -369,7 +357,7 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
             parts, _ = answer_loss(
                 cls_logits[row][:, keep],
                 loc_logits[row],
-                self._slot_anchors(anchors[b], None if boxes is None else boxes[b], n_pts),
+                answer_anchors(anchors[b], None if boxes is None else boxes[b], n_pts),
                 t["labels"].to(v.device),
                 t["coords"].to(v.device),
                 is_box=n_pts == 2,
@@ -505,7 +493,7 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
             scores, labels = probs.max(-1)  # (b, M)
             offsets = read_offsets(loc_logits, location_window)  # (b, M, 2N)
             for row, b in enumerate(idx):
-                pts = self._slot_anchors(anchors[b], None if boxes is None else boxes[b], n_pts) + offsets[row]
+                pts = answer_anchors(anchors[b], None if boxes is None else boxes[b], n_pts) + offsets[row]
                 out[b] = {"labels": labels[row], "scores": scores[row], "points": pts.view(-1, n_pts, 2),
                           "probs": probs[row], "objectness": toks.layer_logits[-1, b].sigmoid()}
         for b, r in enumerate(requests):
