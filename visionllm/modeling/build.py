@@ -40,6 +40,7 @@ def build_visionllm(
     token_classes: float = 0.0,
     group_attention: str = "blocks",
     box_prior: bool = False,
+    polygon_free_start: bool = False,
 ) -> VisionLLM:
     tokenizer = ImageTokenizer(backbone=backbone, text_encoder=text_encoder, **dict(image_tokenizer))
     return VisionLLM(image_tokenizer=tokenizer, llm=llm, none_weight=none_weight,
@@ -50,4 +51,5 @@ def build_visionllm(
                      copy_follow=copy_follow, copy_stay=copy_stay, name_location=name_location, name_location_from=name_location_from,
                      name_location_relative=name_location_relative, name_fit=name_fit,
                      name_fit_gain=name_fit_gain, token_classes=token_classes,
-                     group_attention=group_attention, box_prior=box_prior)
+                     group_attention=group_attention, box_prior=box_prior,
+                     polygon_free_start=polygon_free_start)

@@ -120,6 +120,7 @@ def answer_loss(
     w_ce: float = 1.0,
     w_l1: float = 5.0,
     w_giou: float = 2.0,
+    free_start: bool = False,
 ) -> tuple[dict[str, torch.Tensor], int]:
     """One image's answer loss, summed over objects (the caller normalizes by the object count).
 
@@ -132,6 +133,9 @@ def answer_loss(
     of many at ``none_weight``; this loss weighs the groups by how much they compete.
     ``referring``: the answer's classes are referring expressions, one object each (a grounding
     sample of several expressions, ``task.grounding.expressions``): the loss for each of them.
+    ``free_start`` (polygons): each target ring is learned from whichever of its own points, in
+    its own direction, brings it closest to the group's answer (``nearest_start``), not from its
+    top-most point alone (docs/design.md, "Where a polygon starts").
     """
     M, K1 = cls_logits.shape
     n_coord = loc_logits.shape[1]
@@ -146,17 +150,18 @@ def answer_loss(
         if assignment is not None:
             i, j = assignment
         else:
-            cost = -w_cls * cls_logp[:, labels].exp() + w_l1 * torch.cdist(pred, coords, p=1)
+            cost = -w_cls * cls_logp[:, labels].exp() + w_l1 * _point_l1(pred, coords, free_start and not is_box)
             if is_box:
                 cost = cost - w_giou * generalized_box_iou(_safe_box(pred), coords)
             i, j = hungarian(cost)
         target[i] = labels[j]
-        offsets = coords[j] - base[i]
+        goal = nearest_start(pred[i].detach(), coords[j]) if free_start and not is_box else coords[j]
+        offsets = goal - base[i]
         per_coord = 4 / n_coord  # an N-point polygon weighs like a box: losses per 4 coordinates
         out["loss_loc_ce"] = w_ce * per_coord * location_ce(loc_logits[i], offsets)
-        out["loss_loc_l1"] = w_l1 * per_coord * F.l1_loss(pred[i], coords[j], reduction="sum")
+        out["loss_loc_l1"] = w_l1 * per_coord * F.l1_loss(pred[i], goal, reduction="sum")
         if is_box:
-            giou = generalized_box_iou(_safe_box(pred[i]), coords[j]).diagonal()
+            giou = generalized_box_iou(_safe_box(pred[i]), goal).diagonal()
             out["loss_loc_giou"] = w_giou * (1 - giou).sum()
         if w_referent > 0 and (referring or (K1 == 2 and len(labels) == 1)):
             if len(set(labels.tolist())) < len(labels):
@@ -171,6 +176,33 @@ def answer_loss(
     return out, len(labels)
 
 
+def polygon_starts(coords: torch.Tensor) -> torch.Tensor:
+    """(n, 2N) rings, interleaved x, y -> (n, N, 2N): each ring started at each of its N points
+    in turn (start s: points s, s + 1, ..., s - 1), the same points in the same direction."""
+    n, c = coords.shape
+    k = c // 2
+    order = (torch.arange(k, device=coords.device)[:, None] + torch.arange(k, device=coords.device)) % k
+    return coords.view(n, k, 2)[:, order].reshape(n, k, c)
+
+
+def nearest_start(pred: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """(n, 2N) answers and (n, 2N) their target rings -> each ring started at the point that
+    brings it closest (L1) to its answer."""
+    starts = polygon_starts(coords)  # (n, N, 2N)
+    best = (starts - pred[:, None]).abs().sum(-1).argmin(-1)  # (n,)
+    return starts[torch.arange(len(coords), device=coords.device), best]
+
+
+def _point_l1(pred: torch.Tensor, coords: torch.Tensor, free_start: bool) -> torch.Tensor:
+    """(M, n) L1 between M answers and n targets, (M, 2N) and (n, 2N); with ``free_start`` the
+    least over each target ring's starts."""
+    if not free_start:
+        return torch.cdist(pred, coords, p=1)
+    n, c = coords.shape
+    every = torch.cdist(pred, polygon_starts(coords).reshape(n * (c // 2), c), p=1)
+    return every.view(len(pred), n, c // 2).amin(-1)
+
+
 def _safe_box(b: torch.Tensor) -> torch.Tensor:
     """x1y1x2y2 that may be inverted while untrained -> a valid box for GIoU."""
     x1, y1, x2, y2 = b.unbind(-1)
@@ -181,4 +213,5 @@ def centers_of(boxes_xyxy: torch.Tensor) -> torch.Tensor:
     return (boxes_xyxy[:, :2] + boxes_xyxy[:, 2:]) / 2
 
 
-__all__ = ["answer_loss", "centers_of", "cxcywh_to_xyxy", "expected_offsets", "tokenizer_loss"]
+__all__ = ["answer_loss", "centers_of", "cxcywh_to_xyxy", "expected_offsets", "nearest_start", "polygon_starts",
+           "tokenizer_loss"]

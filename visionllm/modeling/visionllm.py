@@ -83,6 +83,7 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         token_classes: float = 0.0,
         group_attention: str = "blocks",
         box_prior: bool = False,
+        polygon_free_start: bool = False,
     ):
         super().__init__()
         self.image_tokenizer = image_tokenizer
@@ -98,6 +99,8 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         self.loc_embed = MLP(d, H, H, 2)
         # [ours] each token also regresses a box, and answers are offsets from its points (box_prior.py)
         self.box_head = box_head(d) if box_prior else None
+        # [ours] a polygon target is learned from its start nearest the answer (losses.nearest_start)
+        self.polygon_free_start = bool(polygon_free_start)
         # token_scale "embedding" [ours]: v_i RMS-normalized, times a learned gain that starts at
         # the RMS of the LLM's own input embeddings (docs/design.md, "Referring")
         if token_scale not in ("free", "embedding"):
@@ -365,6 +368,7 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
                 none_weight=self.none_weight,
                 w_referent=self.referent_loss,
                 referring=bool(t.get("referring")),
+                free_start=self.polygon_free_start,
             )
             for k, val in parts.items():
                 sums[k] = sums[k] + val
