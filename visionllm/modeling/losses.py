@@ -141,6 +141,7 @@ def answer_loss(
     n_coord = loc_logits.shape[1]
     base = anchors if anchors.shape[-1] == n_coord else anchors.repeat(1, n_coord // 2)  # (M, 2N)
     pred = base + expected_offsets(loc_logits)
+    free_start = free_start and not is_box  # a box's two corners are not a ring
     cls_logp = cls_logits.log_softmax(-1)
     weights = torch.full((K1,), 1.0, device=cls_logits.device)
     weights[-1] = none_weight
@@ -150,12 +151,12 @@ def answer_loss(
         if assignment is not None:
             i, j = assignment
         else:
-            cost = -w_cls * cls_logp[:, labels].exp() + w_l1 * _point_l1(pred, coords, free_start and not is_box)
+            cost = -w_cls * cls_logp[:, labels].exp() + w_l1 * _point_l1(pred, coords, free_start)
             if is_box:
                 cost = cost - w_giou * generalized_box_iou(_safe_box(pred), coords)
             i, j = hungarian(cost)
         target[i] = labels[j]
-        goal = nearest_start(pred[i].detach(), coords[j]) if free_start and not is_box else coords[j]
+        goal = nearest_start(pred[i].detach(), coords[j]) if free_start else coords[j]
         offsets = goal - base[i]
         per_coord = 4 / n_coord  # an N-point polygon weighs like a box: losses per 4 coordinates
         out["loss_loc_ce"] = w_ce * per_coord * location_ce(loc_logits[i], offsets)
