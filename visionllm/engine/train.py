@@ -238,7 +238,7 @@ def train(cfg: DictConfig) -> dict:
         parts = OmegaConf.select(cfg, "trainer.init_parts")
         parts = part_prefixes(parts)
         load_weights(model, init_from, cfg, may_lack=("text_readout.", "named_copy.", "name_pool.", "name_location.",
-                                                    "name_fit.", "token_classes."),  # they start as no-ops
+                                                    "name_fit.", "token_classes.", "scene_proj."),  # they start as no-ops
                      parts=parts)
         log.info("initialised %s from %s", ", ".join(parts) if parts else "every weight", init_from)
 

@@ -41,6 +41,7 @@ def build_visionllm(
     group_attention: str = "blocks",
     box_prior: bool = False,
     polygon_free_start: bool = False,
+    scene_token: bool = False,
 ) -> VisionLLM:
     tokenizer = ImageTokenizer(backbone=backbone, text_encoder=text_encoder, **dict(image_tokenizer))
     return VisionLLM(image_tokenizer=tokenizer, llm=llm, none_weight=none_weight,
@@ -52,4 +53,4 @@ def build_visionllm(
                      name_location_relative=name_location_relative, name_fit=name_fit,
                      name_fit_gain=name_fit_gain, token_classes=token_classes,
                      group_attention=group_attention, box_prior=box_prior,
-                     polygon_free_start=polygon_free_start)
+                     polygon_free_start=polygon_free_start, scene_token=scene_token)

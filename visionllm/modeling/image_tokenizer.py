@@ -55,6 +55,17 @@ class ImageTokens:
     layer_logits: torch.Tensor  # (D, B, M) objectness per decoder layer
     layer_points: torch.Tensor  # (D, B, M, 2) refined centres per decoder layer
     pixels: torch.Tensor | None = None  # (B, M, C) the finest backbone level sampled at l_i
+    scene: torch.Tensor | None = None  # (B, L*C) each level's encoder memory averaged over the image
+
+
+def level_means(memory: torch.Tensor, pad: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """(B, sum HW, C) encoder memory, (B, sum HW) True where padded, each level's H*W ->
+    (B, L*C): each level's mean over the image's own pixels (the letterbox's padding left out),
+    the levels side by side: what the whole image looks like at each scale, the background
+    included, which no object query is asked to keep (docs/design.md, "The scene")."""
+    keep = (~pad).to(memory.dtype)[..., None]  # (B, sum HW, 1)
+    means = [(m * k).sum(1) / k.sum(1).clamp(min=1.0) for m, k in zip(memory.split(sizes, 1), keep.split(sizes, 1))]
+    return torch.cat(means, -1)
 
 
 class ImageTokenizer(nn.Module):
@@ -155,5 +166,5 @@ class ImageTokenizer(nn.Module):
             embeds = tgt + self.point_proj(pixels)
         return ImageTokens(
             embeds=embeds, points=points[-1], layer_logits=torch.stack(logits), layer_points=torch.stack(points),
-            pixels=pixels,
+            pixels=pixels, scene=level_means(memory, pad, [f.shape[2] * f.shape[3] for f in levels]),
         )

@@ -84,6 +84,7 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         group_attention: str = "blocks",
         box_prior: bool = False,
         polygon_free_start: bool = False,
+        scene_token: bool = False,
     ):
         super().__init__()
         self.image_tokenizer = image_tokenizer
@@ -99,6 +100,13 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         self.loc_embed = MLP(d, H, H, 2)
         # [ours] each token also regresses a box, and answers are offsets from its points (box_prior.py)
         self.box_head = box_head(d) if box_prior else None
+        # [ours] every image token also carries the whole image's look at each scale (the scene:
+        # image_tokenizer.level_means), zero at the start (docs/design.md, "The scene")
+        self.scene_proj = None
+        if scene_token:
+            self.scene_proj = nn.Linear(d * image_tokenizer.backbone.num_levels, H)
+            nn.init.zeros_(self.scene_proj.weight)
+            nn.init.zeros_(self.scene_proj.bias)
         # [ours] a polygon target is learned from its start nearest the answer (losses.nearest_start)
         self.polygon_free_start = bool(polygon_free_start)
         # token_scale "embedding" [ours]: v_i RMS-normalized, times a learned gain that starts at
@@ -181,6 +189,8 @@ class VisionLLM(TextWriting, TokenNaming, ClassNames, nn.Module):
         toks = self.image_tokenizer(batch["images"], batch["pixel_mask"], batch["instructions"])
         anchors = toks.points.detach()  # answers are offsets from l_i; l_i itself is trained by its own loss
         v = self.token_proj(toks.embeds) + self.loc_embed(sine_embed(anchors, self.image_tokenizer.d_model // 2))
+        if self.scene_proj is not None:
+            v = v + self.scene_proj(toks.scene)[:, None]
         if self.token_gain is not None:
             v = _rms(v) * self.token_gain.to(v.dtype)
         return toks, anchors, v
