@@ -1,5 +1,6 @@
-"""Writing text token by token over the KV cache (captions, answers), for ``VisionLLM``: greedy
-or sampled, several samples side by side, optionally never repeating a run of n tokens.
+"""The text path of ``VisionLLM`` (captions, answers): learning it (``_text_loss``, next-token
+cross-entropy through the readout and the copy) and writing it token by token over the KV cache,
+greedy or sampled, several samples side by side, optionally never repeating a run of n tokens.
 
 A mixin: it uses the model's ``llm``, ``text_readout``, ``named_copy`` and the copy tables of
 ``TokenNaming`` (naming.py).
@@ -116,3 +117,81 @@ class TextWriting:
             text = tok.decode(row, skip_special_tokens=True).strip()
             texts.append((text, row) if with_ids else text)
         return texts
+
+    def _answer_ids(self, text: str) -> list[int]:
+        """Token ids of an answer, ending with the end token (which is learned too)."""
+        tok = self.llm.tokenizer
+        return tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+    def _text_loss(self, prefix, valid, rows: list[int], answers: list[list[int]], ids=None, context=None, *,
+                   v=None, instructions=None, turns=None, objectness=None, anchors=None,
+                   weights: list[float] | None = None) -> torch.Tensor:
+        """Summed next-token cross-entropy on each answer after the <bos> query, and on the
+        prefix tokens at ``context`` positions (per row: earlier answers of a conversation,
+        ``ids`` their token ids); the caller divides by the answer tokens of all processes (as
+        the box losses divide by objects). ``v`` (the image tokens and their pixels, or None),
+        ``instructions`` and ``turns`` (per row: (question, positions) of each earlier answer)
+        feed the text readout, where the model has one; ``objectness`` (B, M, the tokenizer's
+        logits) and ``anchors`` (B, M, 2), or None, the copy too. ``weights`` (per row, default 1)
+        scale each answer's tokens: a self-critical sample's advantage (engine/scst.py)."""
+        vocab = self.llm.vocab
+        seqs, label_rows = [], []
+        for b, ans in zip(rows, answers):
+            n = int(valid[b].sum())
+            emb = torch.cat([prefix[b, :n], self.llm.embed(torch.tensor([vocab.bos] + ans[:-1], device=prefix.device))])
+            seqs.append(emb)
+            label_rows.append((n, ans))  # the <bos> query at position n predicts ans[0]
+        L = max(s.shape[0] for s in seqs)
+        H = prefix.shape[-1]
+        embeds = prefix.new_zeros(len(seqs), L, H)
+        mask = torch.zeros(len(seqs), L, dtype=torch.long, device=prefix.device)
+        for i, s in enumerate(seqs):
+            embeds[i, : s.shape[0]] = s
+            mask[i, : s.shape[0]] = 1
+        with self._layer_output() as seen:
+            hidden = self.llm.decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        if self.text_readout is not None:
+            tokens, pixels = v
+            question = self._questions([instructions[b] for b in rows])[:, None].expand(-1, L, -1).clone()
+            earlier = [(i, q, pos) for i, row in enumerate(turns or []) for q, pos in row if pos]
+            if earlier:
+                asked = self._mean_embeddings([q for _, q, _ in earlier])
+                for (i, _, pos), e in zip(earlier, asked):
+                    question[i, torch.tensor(pos, device=prefix.device) - 1] = e  # p - 1 predicts p
+            hidden = self._read(hidden, question, (tokens[rows], None if pixels is None else pixels[rows]))
+        picked = [hidden[i, n : n + len(ans)] for i, (n, ans) in enumerate(label_rows)]
+        labels = [torch.tensor(ans, device=prefix.device) for _, ans in label_rows]
+        # the question each picked position answers (for the copy): the row's last line, or
+        # for an earlier answer of a conversation, its own
+        asks = [(i, [question_line(instructions[b]) if instructions else ""] * len(ans))
+                for i, (b, (_, ans)) in enumerate(zip(rows, label_rows))]
+        for i, (b, pos) in enumerate(zip(rows, context or [])):
+            if pos:
+                at = torch.tensor(pos, device=prefix.device)
+                picked.append(hidden[i, at - 1])  # position p - 1 predicts the token at p
+                labels.append(ids[b, at])
+                own = {p: q for q, ps in (turns[i] if turns else []) for p in ps}
+                asks.append((i, [own.get(p, "") for p in pos]))
+        scale = torch.cat([torch.full((len(ans),), float(w), device=prefix.device)
+                           for (_, ans), w in zip(label_rows, weights or [1.0] * len(label_rows))]
+                          + [torch.ones(len(pos), device=prefix.device) for pos in (context or []) if pos])
+        picked, labels = torch.cat(picked), torch.cat(labels)
+        if self.named_copy is None:
+            nll = torch.nn.functional.cross_entropy(self.llm.logits(picked), labels, reduction="none")
+            return (nll * scale).sum()
+        states = seen.get("out", embeds)  # layer 0: the LLM's input
+        tables = [self._copy_tables(states[i], ids[b], v[0][b], None if objectness is None else objectness[b],
+                                    [q for j, qs in asks if j == i for q in qs],
+                                    None if anchors is None else anchors[b])
+                  for i, b in enumerate(rows)]
+        per_position = [tables[i][q] for i, qs in asks for q in qs]
+        logp = self._copy_logp(picked, per_position)
+        loss = (torch.nn.functional.nll_loss(logp, labels, reduction="none") * scale).sum()
+        if self.count_loss > 0:
+            # at each answer word that is a number (or, with count_exist, "no" or "yes"), log P(n =
+            # it) (P(n = 0) or P(n > 0)) under the count alone
+            at = torch.isin(labels, self.named_copy.count_words).nonzero()[:, 0].tolist()
+            if at:
+                said = torch.stack([per_position[p][0][2, labels[p]] for p in at])
+                loss = loss - self.count_loss * (said * scale[at]).sum()
+        return loss
