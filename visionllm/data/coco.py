@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from pathlib import Path
 
 from pycocotools.coco import COCO
@@ -56,7 +57,7 @@ class CocoDetection(Dataset):
                       "iscrowd": int}, ...]}
     """
 
-    def __init__(self, *, image_dir, ann_file, include_crowd: bool = False):
+    def __init__(self, *, image_dir, ann_file, include_crowd: bool = False, captions_file=None):
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
         self.include_crowd = include_crowd
@@ -64,6 +65,9 @@ class CocoDetection(Dataset):
             raise FileNotFoundError(f"COCO image directory not found: {self.image_dir}")
         self.coco = load_coco(self.ann_file)
         self.ids = sorted(self.coco.imgs)
+        # optional: the words each image's captions use (COCO captions JSON of the same images),
+        # image-level targets for a first stage (model.concepts of the specialist)
+        self.caption_words = caption_words(captions_file, self.ids) if captions_file else None
         self._cat_names = {c["id"]: c["name"] for c in self.coco.dataset["categories"]}
         self._supercategory = {c["id"]: c.get("supercategory") or "object" for c in self.coco.dataset["categories"]}
 
@@ -113,7 +117,34 @@ class CocoDetection(Dataset):
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
         image = load_image(self.image_dir / info["file_name"])
-        return {"image": image, "image_id": int(image_id), "file_name": info["file_name"],
-                "width": int(info.get("width", image.width)),
-                "height": int(info.get("height", image.height)),
-                "objects": self.objects(image_id)}
+        record = {"image": image, "image_id": int(image_id), "file_name": info["file_name"],
+                  "width": int(info.get("width", image.width)),
+                  "height": int(info.get("height", image.height)),
+                  "objects": self.objects(image_id)}
+        if self.caption_words is not None:
+            record["caption_words"] = self.caption_words.get(int(image_id))  # None: the image has no caption
+        return record
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words and numbers of a caption."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def caption_words(captions_file, image_ids: list[int]) -> dict[int, list[str]]:
+    """image id -> the sorted distinct words of its captions, from a COCO captions JSON; an
+    error where the file names none of ``image_ids`` (the captions of other images)."""
+    data = read_json(captions_file, "COCO captions annotation file")
+    if not isinstance(data, dict) or "annotations" not in data:
+        raise ValueError(f"{captions_file} is not COCO captions JSON (expected key 'annotations')")
+    wanted, out = set(image_ids), {}
+    for a in data["annotations"]:
+        if "caption" not in a or "image_id" not in a:
+            raise ValueError(f"{captions_file}: annotation {a.get('id')} has no 'caption' or 'image_id' "
+                             "(is this an instances file instead of captions?)")
+        if a["image_id"] in wanted:
+            out.setdefault(int(a["image_id"]), set()).update(words(a["caption"]))
+    if not out:
+        raise ValueError(f"{captions_file} has captions for none of the {len(wanted)} images of the instances file "
+                         "(captions of another split?)")
+    return {i: sorted(w) for i, w in out.items()}

@@ -28,7 +28,7 @@ from visionllm.modeling.matcher import hungarian
 class DetrSpecialist(nn.Module):
     def __init__(self, *, image_tokenizer: ImageTokenizer, categories: list[str], w_cls: float = 2.0,
                  w_l1: float = 5.0, w_giou: float = 2.0, attributes: list[str] | None = None,
-                 w_attr: float = 1.0):
+                 w_attr: float = 1.0, concepts: list[str] | None = None, w_concept: float = 1.0):
         super().__init__()
         if not categories:
             raise ValueError("the specialist needs its fixed category list (data.categories)")
@@ -47,6 +47,16 @@ class DetrSpecialist(nn.Module):
             raise ValueError(f"model.attributes must be two or more distinct words, not {self.attributes}")
         self.attribute_head = nn.Linear(d, len(self.attributes)) if self.attributes else None
         self.w_attr = w_attr
+        # Off in the baseline. As the first stage: the whole image (the encoder memory averaged at
+        # each scale, ImageTokens.scene) also says which of these words its captions use, so that
+        # the frozen backbone the generalist takes keeps what no object query is asked about (the
+        # background; docs/design.md, "Words of the scene")
+        self.concepts = list(concepts or [])
+        if len(set(self.concepts)) != len(self.concepts) or any(len(w.split()) != 1 for w in self.concepts):
+            raise ValueError(f"model.concepts must be distinct single words, not {self.concepts}")
+        levels = image_tokenizer.backbone.num_levels
+        self.concept_head = nn.Linear(d * levels, len(self.concepts)) if self.concepts else None
+        self.w_concept = w_concept
 
     def _attribute_targets(self, names: list[str]) -> list[int]:
         """Each object's attribute class from its name in words ("red circle" -> "red"); -100
@@ -57,6 +67,19 @@ class DetrSpecialist(nn.Module):
             hits = {index[w] for w in name.split() if w in index}
             out.append(hits.pop() if len(hits) == 1 else -100)
         return out
+
+    def _concept_loss(self, scene: torch.Tensor, targets: list[dict]) -> torch.Tensor:
+        """Multi-label: each listed word, used by the image's captions or not; summed over the
+        words, averaged over the images with captions (none: zero, with a gradient)."""
+        if any("caption_words" not in t for t in targets):
+            raise ValueError("model.concepts needs each image's caption words: give the detection reader its "
+                             "captions (data.train.detection.captions_file, a COCO captions JSON)")
+        rows = [b for b, t in enumerate(targets) if t["caption_words"] is not None]
+        y = torch.tensor([[float(w in set(targets[b]["caption_words"])) for w in self.concepts] for b in rows],
+                         dtype=scene.dtype, device=scene.device).view(len(rows), len(self.concepts))
+        logits = self.concept_head(scene[rows])
+        bce = F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
+        return self.w_concept * bce / max(len(rows), 1)
 
     def _boxes(self, toks) -> tuple[torch.Tensor, torch.Tensor]:
         return self.class_head(toks.embeds), prior_boxes(self.box_head, toks.embeds, toks.points)
@@ -109,6 +132,8 @@ class DetrSpecialist(nn.Module):
             t = torch.cat(attr_targets) if attr_targets else torch.zeros(0, dtype=torch.long)
             ce = F.cross_entropy(self.attribute_head(e), t.to(logits.device), ignore_index=-100, reduction="sum")
             losses["loss_attr"] = self.w_attr * ce / n
+        if self.concept_head is not None:
+            losses["loss_concept"] = self._concept_loss(toks.scene, batch["targets"])
         losses["loss"] = sum(losses.values())
         return losses
 
@@ -125,12 +150,17 @@ class DetrSpecialist(nn.Module):
             cols = torch.tensor([self.categories.index(c) for c in req.classes], device=logits.device)
             probs = logits[b][:, cols].sigmoid()
             scores, labels = probs.max(-1)
-            out.append({"labels": labels, "scores": scores, "points": boxes[b].view(-1, 2, 2), "probs": probs})
+            answer = {"labels": labels, "scores": scores, "points": boxes[b].view(-1, 2, 2), "probs": probs}
+            if self.concept_head is not None:  # P(the captions use each of model.concepts)
+                answer["concepts"] = self.concept_head(toks.scene[b]).sigmoid()
+            out.append(answer)
         return out
 
 
 def build_specialist(*, backbone, text_encoder, image_tokenizer: dict, categories: list[str],
-                     attributes: list[str] | None = None, attribute_loss: float = 1.0) -> DetrSpecialist:
+                     attributes: list[str] | None = None, attribute_loss: float = 1.0,
+                     concepts: list[str] | None = None, concept_loss: float = 1.0) -> DetrSpecialist:
     tok = ImageTokenizer(backbone=backbone, text_encoder=text_encoder, **dict(image_tokenizer))
     return DetrSpecialist(image_tokenizer=tok, categories=categories,
-                          attributes=list(attributes) if attributes else None, w_attr=attribute_loss)
+                          attributes=list(attributes) if attributes else None, w_attr=attribute_loss,
+                          concepts=list(concepts) if concepts else None, w_concept=concept_loss)

@@ -138,20 +138,32 @@ def training_sample(
     described: DescribedNames | None = None,
 ) -> dict:
     image, objects = record["image"], record["objects"]
-    if flip and rng.random() < 0.5:
+    flipped = flip and rng.random() < 0.5
+    if flipped:
         image = image.transpose(0)  # PIL FLIP_LEFT_RIGHT
         objects = hflip_objects(objects, record["width"])
     canvas, mask, scale = letterbox(image, image_size)
     objects, names = class_set(objects, vocabulary, rng, max_classes, described)
     instruction = make_instruction(names, rng=rng)
+    target = boxes_target(objects, names, scale)
+    if "caption_words" in record:  # the reader's captions_file: image-level words (model.concepts)
+        target["caption_words"] = flipped_words(record["caption_words"]) if flipped else record["caption_words"]
     return {
         "image": canvas,
         "pixel_mask": mask,
         "instruction": instruction,
         "request": Request(kind="boxes", classes=names, num_points=2),
-        "target": boxes_target(objects, names, scale),
+        "target": target,
         "meta": sample_meta(record, scale),
     }
+
+
+def flipped_words(words: list[str] | None) -> list[str] | None:
+    """An image's caption words after a left-right flip: "left" and "right" trade places."""
+    if words is None:
+        return None
+    swap = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
+    return sorted({swap.get(w, w) for w in words})
 
 
 def eval_samples(record: dict, *, class_names: list[str], image_size: int, chunk: int = 32, template: str | None = None) -> list[dict]:
