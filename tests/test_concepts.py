@@ -8,7 +8,8 @@ import torch
 from hydra.errors import InstantiationException
 
 from helpers import compose_cfg
-from visionllm.data.coco import CocoDetection, words
+from visionllm.data.coco import CocoDetection
+from visionllm.evaluation.cider import words
 from visionllm.tasks.detection import flipped_words
 
 BACKGROUNDS = ["plain", "gradient", "striped", "mottled", "spotted", "checkered"]

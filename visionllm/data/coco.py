@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 from pathlib import Path
 
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
+
+from visionllm.evaluation.cider import words
 
 from .io import load_image, read_json
 
@@ -124,11 +125,6 @@ class CocoDetection(Dataset):
         if self.caption_words is not None:
             record["caption_words"] = self.caption_words.get(int(image_id))  # None: the image has no caption
         return record
-
-
-def words(text: str) -> list[str]:
-    """Lower-case words and numbers of a caption."""
-    return re.findall(r"[a-z0-9]+", text.lower())
 
 
 def caption_words(captions_file, image_ids: list[int]) -> dict[int, list[str]]:
