@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from torchvision.ops import box_iou
+from torchvision.ops import box_convert, box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -73,8 +73,7 @@ def positional_caption(objects: list[dict], width: int, height: int) -> str:
 
 
 def _xyxy(boxes: list[list[float]]) -> torch.Tensor:
-    b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-    return torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], dim=1)
+    return box_convert(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "xywh", "xyxy")
 
 
 def _object(box, shape: str, color: str | None, area: float) -> dict:
