@@ -3,7 +3,6 @@ those from the truth when the detections are the truth, and lower when they miss
 
 import importlib.util
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -28,17 +27,8 @@ def test_the_styles_follow_the_references_rules():
     assert caption_ceiling.positional_caption(objs[1:], 100, 100) == "A red star in the center next to a triangle."
 
 
-def _inputs(root: Path):
-    ann = root / "annotations"
-    instances = json.loads((ann / "instances_val2017.json").read_text())
-    refs = defaultdict(list)
-    for c in json.loads((ann / "captions_val2017.json").read_text())["annotations"]:
-        refs[c["image_id"]].append(c["caption"])
-    return instances, dict(refs)
-
-
 def test_detections_equal_to_the_truth_reach_its_ceiling_and_misses_fall_short(shapes_root, tmp_path):
-    instances, refs = _inputs(shapes_root)
+    instances, refs = caption_ceiling.load_val(shapes_root)
     ids = sorted({a["image_id"] for a in instances["annotations"]})[:6]
     truth = [a for a in instances["annotations"] if a["image_id"] in ids]
     (tmp_path / "captions.json").write_text(json.dumps([{"image_id": i, "caption": "x"} for i in ids]))
@@ -68,7 +58,7 @@ def test_detections_equal_to_the_truth_reach_its_ceiling_and_misses_fall_short(s
 
 
 def test_images_without_references_are_an_error(shapes_root, tmp_path):
-    instances, refs = _inputs(shapes_root)
+    instances, refs = caption_ceiling.load_val(shapes_root)
     (tmp_path / "captions.json").write_text(json.dumps([{"image_id": -5, "caption": "x"}]))
     (tmp_path / "detections.json").write_text("[]")
     with pytest.raises(ValueError, match="without references"):

@@ -80,6 +80,10 @@ def _object(box, shape: str, color: str | None, area: float) -> dict:
     return {"cx": box[0] + box[2] / 2, "cy": box[1] + box[3] / 2, "area": area, "shape": shape, "color": color}
 
 
+def _colour(annotation: dict) -> str | None:
+    return (annotation.get("attributes") or [None])[0]
+
+
 def _placed(o: dict, segmentation, height: int, width: int) -> dict:
     """``o`` placed by a mask (COCO polygons or RLE): its visible centroid and area."""
     if isinstance(segmentation, list):
@@ -106,7 +110,7 @@ def detected_objects(detections: list[dict], truth: list[dict], names: dict[int,
     for k, d in enumerate(kept):
         color = None
         if iou is not None and float(iou[k].max()) >= MATCH_IOU:
-            color = (truth[int(iou[k].argmax())].get("attributes") or [None])[0]
+            color = _colour(truth[int(iou[k].argmax())])
         o = _object(d["bbox"], names[d["category_id"]], color, d["bbox"][2] * d["bbox"][3])
         out.append(_placed(o, d["segmentation"], size[1], size[0]) if size else o)
     return out
@@ -142,7 +146,7 @@ def ceiling(eval_dir: Path, instances: dict, references: dict[int, list[str]], t
         }
 
     out = {"images": len(ids), "truth": score(lambda i: [
-        _placed(_object(a["bbox"], names[a["category_id"]], (a.get("attributes") or [None])[0], a["area"]),
+        _placed(_object(a["bbox"], names[a["category_id"]], _colour(a), a["area"]),
                 a["segmentation"], sizes[i][1], sizes[i][0]) for a in truth[i]])}
     for kind, of_image in answers.items():
         for t in thresholds:
@@ -157,18 +161,22 @@ def ceiling(eval_dir: Path, instances: dict, references: dict[int, list[str]], t
     return out
 
 
+def load_val(root: Path) -> tuple[dict, dict[int, list[str]]]:
+    """The val split's instances and each image's reference captions, from ROOT/annotations."""
+    ann = root / "annotations"
+    references = defaultdict(list)
+    for c in json.loads((ann / "captions_val2017.json").read_text())["annotations"]:
+        references[c["image_id"]].append(c["caption"])
+    return json.loads((ann / "instances_val2017.json").read_text()), dict(references)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("eval_dir", type=Path)
     ap.add_argument("--root", type=Path, default=Path("data/shapes"))
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.7])
     args = ap.parse_args()
-    ann = args.root / "annotations"
-    instances = json.loads((ann / "instances_val2017.json").read_text())
-    references = defaultdict(list)
-    for c in json.loads((ann / "captions_val2017.json").read_text())["annotations"]:
-        references[c["image_id"]].append(c["caption"])
-    print(json.dumps(ceiling(args.eval_dir, instances, dict(references), args.thresholds), indent=1))
+    print(json.dumps(ceiling(args.eval_dir, *load_val(args.root), args.thresholds), indent=1))
 
 
 if __name__ == "__main__":
